@@ -1,0 +1,196 @@
+"""Finding the (blurred, sharp) pairs of each dataset layout on disk, with clear errors.
+
+Every scanner returns a list of `PairFile` sorted by name and raises FileNotFoundError /
+ValueError naming the offending folder or file: a missing folder, a blurred image whose
+sharp twin is missing, a list-file entry pointing nowhere. Pixel-level checks (sizes
+inside a pair, unreadable files) happen when the builders read the headers / decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from aspdc_jax.data.imageio import list_images
+
+__all__ = [
+    "PairFile",
+    "find_root",
+    "scan_gopro",
+    "scan_hide",
+    "scan_paired_folder",
+    "scan_realblur",
+    "scan_unpaired_folder",
+    "paired_folder_splits",
+]
+
+BLUR_DIR_NAMES = ("blur", "blurred", "input")
+SHARP_DIR_NAMES = ("sharp", "gt", "target")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFile:
+    """One pair on disk: ``sharp`` is None for unpaired (blurred-only) data."""
+
+    name: str
+    blurred: pathlib.Path
+    sharp: pathlib.Path | None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: folder {path} does not exist")
+    return path
+
+
+def find_root(manual_dir: str | pathlib.Path, name: str) -> pathlib.Path:
+    """``manual_dir`` itself if it is the dataset folder ``name``, else ``manual_dir/name``."""
+    manual_dir = pathlib.Path(manual_dir).expanduser()
+    _require_dir(manual_dir, f"data_dir for {name}")
+    if manual_dir.name == name or not (manual_dir / name).is_dir():
+        return manual_dir
+    return manual_dir / name
+
+
+def _twin(blurred: pathlib.Path, sharp_dir: pathlib.Path) -> pathlib.Path:
+    """Sharp file with the same name (or same stem, any image extension)."""
+    same = sharp_dir / blurred.name
+    if same.is_file():
+        return same
+    for cand in list_images(sharp_dir) if sharp_dir.is_dir() else []:
+        if cand.stem == blurred.stem:
+            return cand
+    raise FileNotFoundError(f"blurred image {blurred} has no sharp twin: expected {same}")
+
+
+def scan_gopro(manual_dir: str | pathlib.Path, split: str, variant: str = "blur") -> list[PairFile]:
+    """GOPRO_Large/{train,test}/GOPRxxxx_xx_xx/{blur,blur_gamma,sharp}/NNNNNN.png."""
+    if variant not in ("blur", "blur_gamma"):
+        raise ValueError(f"GoPro variant must be 'blur' or 'blur_gamma', got {variant!r}")
+    root = find_root(manual_dir, "GOPRO_Large")
+    split_dir = _require_dir(root / split, f"GoPro {split} split (expected GOPRO_Large/{split})")
+    scenes = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    if not scenes:
+        raise FileNotFoundError(f"GoPro: no scene folders (GOPRxxxx_xx_xx) in {split_dir}")
+    pairs = []
+    for scene in scenes:
+        blur_dir = _require_dir(scene / variant, f"GoPro scene {scene.name}")
+        sharp_dir = _require_dir(scene / "sharp", f"GoPro scene {scene.name}")
+        for b in list_images(blur_dir):
+            pairs.append(PairFile(f"{scene.name}/{b.stem}", b, _twin(b, sharp_dir), {"scene": scene.name}))
+    if not pairs:
+        raise FileNotFoundError(f"GoPro: no images found under {split_dir}/*/{variant}")
+    return pairs
+
+
+HIDE_SUBSETS = {"test-close-ups": "close-up", "test-long-shot": "long-shot"}
+
+
+def scan_hide(manual_dir: str | pathlib.Path, split: str = "test") -> list[PairFile]:
+    """HIDE_dataset/test/{test-close-ups,test-long-shot}/*.png with HIDE_dataset/GT/<name>.
+
+    ``split="train"`` reads HIDE_dataset/train/*.png (same GT folder).
+    """
+    root = find_root(manual_dir, "HIDE_dataset")
+    gt = _require_dir(root / "GT", "HIDE ground truth (expected HIDE_dataset/GT)")
+    pairs = []
+    if split == "test":
+        test = _require_dir(root / "test", "HIDE test split (expected HIDE_dataset/test)")
+        for sub, label in HIDE_SUBSETS.items():
+            for b in list_images(_require_dir(test / sub, f"HIDE subset {label}")):
+                pairs.append(PairFile(f"{sub}/{b.stem}", b, _twin(b, gt), {"subset": label}))
+    elif split == "train":
+        for b in list_images(_require_dir(root / "train", "HIDE train split")):
+            pairs.append(PairFile(f"train/{b.stem}", b, _twin(b, gt), {"subset": "train"}))
+    else:
+        raise ValueError(f"HIDE split must be 'train' or 'test', got {split!r}")
+    if not pairs:
+        raise FileNotFoundError(f"HIDE: no images found for split {split} under {root}")
+    return pairs
+
+
+def scan_realblur(manual_dir: str | pathlib.Path, split: str, variant: str = "J") -> list[PairFile]:
+    """RealBlur pairs from the official list file ``RealBlur_{J,R}_{split}_list.txt``.
+
+    Each line is ``gt_path blur_path`` relative to the folder holding the list file (which
+    also holds ``RealBlur-J_ECC_IMCORR_centroid_itensity_ref/``). Names are
+    ``sceneNNN/blur_M``.
+    """
+    if variant not in ("J", "R"):
+        raise ValueError(f"RealBlur variant must be 'J' or 'R', got {variant!r}")
+    root = pathlib.Path(manual_dir).expanduser()
+    _require_dir(root, "data_dir for RealBlur")
+    list_name = f"RealBlur_{variant}_{split}_list.txt"
+    list_file = root / list_name
+    if not list_file.is_file():
+        raise FileNotFoundError(f"RealBlur-{variant}: list file {list_file} does not exist")
+    pairs = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ValueError(f"{list_file}:{lineno}: expected 'gt_path blur_path', got {line!r}")
+        gt, blur = root / parts[0], root / parts[1]
+        if not blur.is_file():
+            raise FileNotFoundError(f"{list_file}:{lineno}: blurred image {blur} does not exist")
+        if not gt.is_file():
+            raise FileNotFoundError(f"{list_file}:{lineno}: blurred image {blur} has no sharp twin: {gt} does not exist")
+        scene = blur.parent.parent.name
+        pairs.append(PairFile(f"{scene}/{blur.stem}", blur, gt, {"scene": scene}))
+    if not pairs:
+        raise ValueError(f"RealBlur-{variant}: list file {list_file} lists no pairs")
+    return sorted(pairs, key=lambda p: p.name)
+
+
+def _find_sub(folder: pathlib.Path, names: tuple[str, ...]) -> pathlib.Path | None:
+    for n in names:
+        if (folder / n).is_dir():
+            return folder / n
+    return None
+
+
+def paired_folder_splits(root: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Splits of a paired folder: ``root/{train,test}/{blur,sharp}`` or one ``root/{blur,sharp}``.
+
+    A single folder becomes the split "data" (used for both training and evaluation).
+    """
+    root = _require_dir(pathlib.Path(root).expanduser(), "paired_folder data_dir")
+    splits = {s: root / s for s in ("train", "test") if _find_sub(root / s, BLUR_DIR_NAMES)}
+    if splits:
+        return splits
+    if _find_sub(root, BLUR_DIR_NAMES) is None:
+        raise FileNotFoundError(
+            f"paired_folder: {root} has no blur/ folder (expected {root}/blur + {root}/sharp, "
+            f"or {root}/train/blur + {root}/train/sharp)"
+        )
+    return {"data": root}
+
+
+def scan_paired_folder(folder: str | pathlib.Path) -> list[PairFile]:
+    """``folder/blur/*`` paired by file name (or stem) with ``folder/sharp/*``.
+
+    Accepted folder names: blur|blurred|input and sharp|gt|target.
+    """
+    folder = pathlib.Path(folder)
+    blur_dir = _find_sub(folder, BLUR_DIR_NAMES)
+    if blur_dir is None:
+        raise FileNotFoundError(f"paired_folder: folder {folder}/blur does not exist")
+    sharp_dir = _find_sub(folder, SHARP_DIR_NAMES)
+    if sharp_dir is None:
+        raise FileNotFoundError(f"paired_folder: folder {folder}/sharp does not exist (needed next to {blur_dir})")
+    files = list_images(blur_dir)
+    if not files:
+        raise FileNotFoundError(f"paired_folder: no images in {blur_dir}")
+    return [PairFile(b.stem, b, _twin(b, sharp_dir), {"file": b.name}) for b in files]
+
+
+def scan_unpaired_folder(folder: str | pathlib.Path) -> list[PairFile]:
+    """Blurred images only: ``folder/*`` (or ``folder/blur/*``), no ground truth."""
+    folder = _require_dir(pathlib.Path(folder).expanduser(), "unpaired_folder data_dir")
+    sub = _find_sub(folder, BLUR_DIR_NAMES)
+    files = list_images(sub if sub is not None and not list_images(folder) else folder)
+    if not files:
+        raise FileNotFoundError(f"unpaired_folder: no images (.png/.jpg/...) in {folder}")
+    return [PairFile(b.stem, b, None, {"file": b.name}) for b in files]
