@@ -30,6 +30,56 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.gopro_variant = "blur"
     config.data.epoch_size = 2103
 
-    # Training (filled in by the training code; see aspdc_jax/training).
-    config.batch_size = 6
+    # ---- Training (owned by aspdc_jax/training; DESIGN.md section 6) ----
+    # Phases to run, comma-separated, in order: any of deblur, reblur, finetune.
+    # `--config.phases=finetune` runs only phase 3 (phases 1-2 must be finished).
+    config.phases = "deblur,reblur,finetune"
+    config.batch_size = 6  # global batch, split over devices and hosts
+    # Loss on the images: "mse" (paper: plain MSE on [-1, 1] images) or "imagenet_mse"
+    # (the official release: MSE on ImageNet-normalised [0, 1] images).
+    config.loss = "mse"
+    # Adam(b1, b2, eps) as in the paper (eps 1e-18).
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-18
+    config.grad_clip_norm = 0.0  # 0 disables global-norm clipping (the paper has none)
+
+    # Per-phase schedules, all in epochs (steps = epochs * steps_per_epoch, where
+    # steps_per_epoch = max(1, examples_per_epoch // batch_size)).
+    # schedule "halving": lr halved every `halve_every_epochs` until it would fall below
+    # `min_lr`; `num_epochs` None = run exactly until then (paper). "constant": lr fixed.
+    # "cosine": cosine decay to min_lr. `warmup_epochs` adds a linear warm-up to any of them.
+    config.deblur = _phase(lr=1e-4, halve_every_epochs=1000.0, min_lr=1e-6)
+    config.reblur = _phase(lr=1e-4, halve_every_epochs=1000.0, min_lr=1e-6)
+    config.finetune = _phase(lr=1e-5, halve_every_epochs=200.0, min_lr=1e-6)
+    # Weight lambda of the reblurring consistency term MSE(R(b, D(b)), b) (Table 6 sweep).
+    config.finetune.reblur_weight = 0.1
+
+    # Bookkeeping.
+    config.log_every_steps = 50  # tqdm postfix, TensorBoard scalars, metrics JSONL
+    config.image_every_steps = 1000  # TensorBoard image grid blurred / output / sharp
+    config.checkpoint_every_steps = 1000  # plus one at the end of every phase
+    config.max_checkpoints_to_keep = 2
+    config.eval_limit = 8  # test pairs in the after-phase PSNR evaluation (0 disables)
+    config.eval_split = "test"
+    config.progress_bar = True
     return config
+
+
+def _phase(
+    *,
+    lr: float,
+    halve_every_epochs: float,
+    min_lr: float,
+    schedule: str = "halving",
+    num_epochs: float | None = None,
+    warmup_epochs: float = 0.0,
+) -> ml_collections.ConfigDict:
+    phase = ml_collections.ConfigDict()
+    phase.schedule = schedule
+    phase.lr = lr
+    phase.min_lr = min_lr
+    phase.halve_every_epochs = halve_every_epochs
+    phase.num_epochs = ml_collections.FieldReference(num_epochs, field_type=float)
+    phase.warmup_epochs = warmup_epochs
+    return phase

@@ -1,0 +1,58 @@
+"""Image losses of the three phases (DESIGN.md section 6).
+
+All images are NHWC float32 in [-1, 1]. ``mse`` is the paper's plain MSE on that range;
+``imagenet_mse`` reproduces the official release, which maps to [0, 1] and normalises
+with the ImageNet mean/std before the MSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LOSSES",
+    "get_loss",
+    "imagenet_mse",
+    "mse",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error over every element; images (B,H,W,3) in [-1, 1] -> scalar f32."""
+    diff = prediction.astype(jnp.float32) - target.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff))
+
+
+def imagenet_mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """MSE after ``((x + 1) / 2 - mean) / std`` per RGB channel (the official loss).
+
+    Images (B,H,W,3) in [-1, 1] (not clipped, as in the release) -> scalar f32.
+    """
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+
+    def norm(x: jax.Array) -> jax.Array:
+        return ((x.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+
+    return jnp.mean(jnp.square(norm(prediction) - norm(target)))
+
+
+LOSSES: dict[str, LossFn] = {"mse": mse, "imagenet_mse": imagenet_mse}
+
+
+def get_loss(name: str) -> LossFn:
+    """The image loss called ``name`` ("mse" or "imagenet_mse")."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"config.loss must be one of {sorted(LOSSES)}, got {name!r}") from None

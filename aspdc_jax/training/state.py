@@ -1,0 +1,74 @@
+"""Train state and optimizer of one phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+__all__ = ["PHASES", "TrainState", "init_params", "make_optimizer", "param_shapes"]
+
+PyTree = Any
+PHASES = ("deblur", "reblur", "finetune")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What one phase's step updates: the trained network's params and Adam state.
+
+    For ``finetune`` ``params`` is DeblurNet only; the frozen ReblurNet params are passed
+    to the step separately and never get optimizer state.
+    """
+
+    step: jax.Array  # int32 scalar: optimizer steps taken in this phase
+    params: PyTree
+    opt_state: PyTree
+
+    @classmethod
+    def create(cls, params: PyTree, tx: optax.GradientTransformation) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
+    """Adam(b1, b2, eps) of the paper with the phase's schedule; optional global-norm clip."""
+    adam = optax.adam(
+        learning_rate,
+        b1=float(config.adam_b1),
+        b2=float(config.adam_b2),
+        eps=float(config.adam_eps),
+    )
+    clip = float(config.get("grad_clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        return optax.chain(optax.clip_by_global_norm(clip), adam)
+    return adam
+
+
+def init_params(module: Any, rng: jax.Array, *, which: str) -> PyTree:
+    """Initial ``params`` of DeblurNet (``which="deblur"``) or ReblurNet (``"reblur"``).
+
+    Conv params do not depend on the image size, so a small 16x16 dummy input is used.
+    """
+    x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+    if which == "deblur":
+        variables = jax.jit(module.init)(rng, x)
+    elif which == "reblur":
+        variables = jax.jit(module.init)(rng, x, x)
+    else:
+        raise ValueError(f"which must be 'deblur' or 'reblur', got {which!r}")
+    return variables["params"]
+
+
+def param_shapes(params: PyTree) -> dict[str, list[int]]:
+    """``{"path/to/leaf": shape}`` of a params tree (JSON-able; used for shape checks)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    out = {}
+    for path, leaf in flat:
+        key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[key] = [int(d) for d in jnp.shape(leaf)]
+    return out

@@ -1,0 +1,88 @@
+"""Where training reports go: a metrics JSONL and TensorBoard event files (tensorboardX,
+no tensorflow). Only process 0 writes; other processes get a writer that does nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["MetricsWriter", "image_grid"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "dtype"):
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+class MetricsWriter:
+    """Appends JSON records to ``WORKDIR/metrics.jsonl`` and scalars/images to
+    ``WORKDIR/tensorboard/<phase>/``.
+
+    Each JSONL line is ``{"phase", "step", "event", "time", ...metrics}`` where event is
+    "train" (averages since the last record), "eval" (test-pair PSNR) or "phase_end".
+    """
+
+    def __init__(self, workdir: str | Path, phase: str, *, tensorboard: bool = True):
+        self.phase = phase
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        self._jsonl = None
+        if not self.enabled:
+            return
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self._tb = SummaryWriter(logdir=str(workdir / "tensorboard" / phase))
+
+    def write(self, step: int, event: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"phase": self.phase, "step": int(step), "event": event, "time": time.time()}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key in ("phase", "step", "event", "time"):
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{event}/{key}", value, int(step))
+            self._tb.flush()
+
+    def write_images(self, step: int, tag: str, grid: np.ndarray) -> None:
+        """``grid``: (H, W, 3) float in [0, 1]."""
+        if self._tb is not None:
+            self._tb.add_image(tag, np.asarray(grid, np.float32), int(step), dataformats="HWC")
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
+    """Tiles images (H, W, 3) float in [-1, 1] into one (H', W', 3) grid in [0, 1]:
+    one row per example, columns e.g. blurred / output / sharp."""
+    tiles = [[np.clip((np.asarray(im, np.float32) + 1.0) / 2.0, 0.0, 1.0) for im in row] for row in rows]
+    h, w = tiles[0][0].shape[:2]
+    ncol = max(len(r) for r in tiles)
+    out = np.ones((len(tiles) * (h + pad) + pad, ncol * (w + pad) + pad, 3), np.float32)
+    for i, row in enumerate(tiles):
+        for j, im in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y : y + h, x : x + w] = im
+    return out

@@ -1,0 +1,42 @@
+"""Trains ASPDC: ``python train.py --config=configs/deblur.py --workdir=runs/gopro``.
+
+Runs the phases in ``config.phases`` (deblur, reblur, finetune) into ``--workdir``;
+rerunning the same command resumes, finished phases are skipped. Override any config
+field on the command line, e.g. ``--config.phases=finetune`` or
+``--config.finetune.reblur_weight=0.5``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and TensorBoard.")
+config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Training config (a configs/*.py file).", lock_config=True
+)
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Before any other JAX call: joins the other hosts when a multi-host env is set.
+    from aspdc_jax.training.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    from aspdc_jax.checkpoint import CheckpointError
+    from aspdc_jax.training import NonFiniteLossError, train_and_evaluate
+
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (CheckpointError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
