@@ -28,7 +28,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.crop_size = 256
     config.data.num_workers = 2
     config.data.gopro_variant = "blur"
-    config.data.epoch_size = 2103
+    config.data.epoch_size = 2103  # synthetic: fresh examples per nominal epoch
+    config.data.augment = True  # random flip/transpose (same for both images of a pair)
+    config.data.read_threads = 2  # grain read threads per process/worker
+    # Synthetic blur (dataset="synthetic"; data_dir = a folder of sharp photos or None for
+    # the photos bundled with scikit-image). See aspdc_jax/data/synthetic.py.
+    config.data.synthetic_strength = 1.0  # multiplies every motion (0 = no blur)
+    config.data.synthetic_object_probability = 0.5  # chance of 1-2 moving objects
+    config.data.synthetic_noise_sigma = 0.01  # max Gaussian noise std on [0, 1] images
+    config.data.synthetic_gamma = 2.2  # CRF gamma (averaging happens in linear light)
+    config.data.synthetic_test_crops_per_photo = 6  # fixed eval pairs per held-out photo
+    config.data.synthetic_test_crop_size = 256
+    config.data.synthetic_test_seed = 0
 
     # ---- Training (owned by aspdc_jax/training; DESIGN.md section 6) ----
     # Phases to run, comma-separated, in order: any of deblur, reblur, finetune.

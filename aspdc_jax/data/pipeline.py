@@ -1,0 +1,274 @@
+"""grain input pipeline and evaluation pairs (the Data API of notes/INTERFACES.md).
+
+Training stream (`make_train_loader`)::
+
+    range(n) -> shuffle(seed, reshuffled every epoch) -> repeat forever
+      -> tag with the global position i -> shard [process_index::process_count]
+      -> map(example i)  -> batch(global_batch // process_count) -> worker processes
+
+- synthetic: example i is a fresh blur (new trajectory, objects, noise) of a random crop
+  (plus random flip/transpose) of a random training photo, all drawn from
+  ``default_rng([seed, i])``; n = ``config.data.epoch_size``.
+- stores (GoPro, HIDE, RealBlur, paired folders): example i reads record ``perm[i]`` and
+  cuts the same random window, with the same flip/transpose, from both images; only the
+  PNG tiles under the window are decoded.
+
+Everything random is a function of (seed, i), so the stream is identical with any number
+of workers and the iterator state (`get_state()` / `set_state()`) resumes at the same
+example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import numpy as np
+
+from aspdc_jax.data import builders, imageio, synthetic
+
+__all__ = ["DATASETS", "EvalPair", "TrainLoader", "eval_pairs", "make_train_loader", "store_for"]
+
+DATASETS = ("synthetic", "gopro", "hide", "realblur_j", "realblur_r", "paired_folder", "unpaired_folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPair:
+    """One evaluation image: uint8 (H, W, 3) ``blurred``, ``sharp`` (None if no ground truth)."""
+
+    name: str
+    blurred: np.ndarray
+    sharp: np.ndarray | None
+    meta: dict
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    try:
+        value = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None and default is not None else value
+
+
+def _blur_config(cfg: Any) -> synthetic.SyntheticBlurConfig:
+    return synthetic.SyntheticBlurConfig(
+        strength=float(_get(cfg, "synthetic_strength", 1.0)),
+        object_probability=float(_get(cfg, "synthetic_object_probability", 0.5)),
+        noise_sigma=float(_get(cfg, "synthetic_noise_sigma", 0.01)),
+        gamma=float(_get(cfg, "synthetic_gamma", 2.2)),
+    )
+
+
+def _dataset(cfg: Any) -> str:
+    name = _get(cfg, "dataset", "synthetic")
+    if name not in DATASETS:
+        raise ValueError(f"config.data.dataset must be one of {DATASETS}, got {name!r}")
+    return name
+
+
+def store_for(cfg: Any):
+    """Prepare (or reuse) the TFDS store of a non-synthetic ``config.data``; returns the builder."""
+    name = _dataset(cfg)
+    if name == "synthetic":
+        raise ValueError("the synthetic dataset has no store here; use eval_pairs / make_train_loader")
+    config = None
+    builder_name = name
+    if name == "gopro":
+        config = _get(cfg, "gopro_variant", "blur")
+        if config not in ("blur", "blur_gamma"):
+            raise ValueError(f"config.data.gopro_variant must be 'blur' or 'blur_gamma', got {config!r}")
+    elif name.startswith("realblur"):
+        builder_name, config = "realblur", name[-1].upper()
+    return builders.prepare(builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config)
+
+
+def _split_of(builder, wanted: str) -> str:
+    splits = list(builder.info.splits.keys())
+    if wanted in splits:
+        return wanted
+    if "data" in splits:  # a single paired folder serves as train and test
+        return "data"
+    raise ValueError(f"{builder.name}: no split {wanted!r} in the prepared store (it has {splits})")
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def _with_index(index: int, record: int) -> tuple[int, int]:
+    return index, record
+
+
+class SyntheticExample:
+    """(global index, unused) -> fresh synthetic pair {"blurred", "sharp"} uint8 (c, c, 3)."""
+
+    def __init__(self, photo_dir: str | None, crop_size: int, seed: int, blur: synthetic.SyntheticBlurConfig):
+        self.photo_dir, self.crop_size, self.seed, self.blur = photo_dir, crop_size, seed, blur
+        self._photos: list | None = None
+
+    def __getstate__(self):
+        return dict(self.__dict__, _photos=None)  # workers reload the photos themselves
+
+    def photos(self) -> list:
+        if self._photos is None:
+            self._photos = synthetic.photo_source(self.photo_dir, "train")
+        return self._photos
+
+    def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
+        index, _ = item
+        rng = np.random.default_rng([self.seed, 0x5EED, index])
+        photos = self.photos()
+        _, photo = photos[int(rng.integers(len(photos)))]
+        blurred, sharp, _ = synthetic.random_crop_pair(photo, self.crop_size, rng, self.blur, augment=True)
+        return {"blurred": blurred, "sharp": sharp}
+
+
+class StoreCrop:
+    """(global index, record index) -> the same random crop + flip/transpose of both images."""
+
+    def __init__(self, source, crop_size: int, seed: int, augment: bool):
+        self.source, self.crop_size, self.seed, self.augment = source, crop_size, seed, augment
+
+    def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
+        index, record = item
+        ex = self.source[int(record)]
+        h, w, tile, c = int(ex["height"]), int(ex["width"]), int(ex["tile"]), self.crop_size
+        if h < c or w < c:
+            raise ValueError(f"example {ex['name'].decode()} is {h}x{w}, smaller than the crop {c}x{c}")
+        rng = np.random.default_rng([self.seed, 0xC0DE, index])
+        y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+        code = int(rng.integers(0, 8)) if self.augment else 0
+        out = {}
+        for key in ("blurred", "sharp"):
+            window = imageio.decode_window(list(ex[f"{key}_tiles"]), h, w, tile, y0, x0, c, c)
+            out[key] = np.ascontiguousarray(synthetic._flip_transpose(window, code))
+        return out
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+@dataclasses.dataclass
+class TrainLoader:
+    """Infinite iterable of batches {"blurred", "sharp"}: uint8 (b, crop, crop, 3).
+
+    ``iter(loader)`` gives a grain iterator with ``get_state()`` / ``set_state(state)``.
+    ``num_examples`` is the number of training examples per epoch (all processes).
+    """
+
+    dataset: grain.IterDataset
+    num_examples: int
+    batch_size: int
+    crop_size: int
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return iter(self.dataset)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain worker processes read absl flags; parse them (empty) if the caller did not.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> TrainLoader:
+    """Training loader for ``config.data`` (see module doc); this process's shard.
+
+    The batch per process is ``global_batch_size // jax.process_count()``.
+    """
+    import jax
+
+    pc, pi = jax.process_count(), jax.process_index()
+    if global_batch_size <= 0 or global_batch_size % pc:
+        raise ValueError(f"global_batch_size must be a positive multiple of process_count={pc}, got {global_batch_size}")
+    batch = global_batch_size // pc
+    crop = int(_get(data_cfg, "crop_size", 256))
+    if crop <= 0:
+        raise ValueError(f"config.data.crop_size must be positive, got {crop}")
+    name = _dataset(data_cfg)
+    if name == "synthetic":
+        photo_dir = _get(data_cfg, "data_dir", None)
+        for pname, photo in synthetic.photo_source(photo_dir, "train"):
+            if min(photo.shape[:2]) < crop:
+                raise ValueError(f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}")
+        num_examples = int(_get(data_cfg, "epoch_size", 2103))
+        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg))
+    elif name in ("hide", "unpaired_folder"):
+        raise ValueError(f"dataset {name} is for evaluation only (no training pairs)")
+    else:
+        builder = store_for(data_cfg)
+        split = _split_of(builder, "train")
+        too_small = [(n, h, w, f) for n, h, w, f in builder.info.metadata["sizes"][split] if h < crop or w < crop]
+        if too_small:
+            n, h, w, f = too_small[0]
+            raise ValueError(
+                f"{len(too_small)} image(s) smaller than the crop {crop}x{crop}, e.g. {f} ({h}x{w}); "
+                "lower config.data.crop_size or remove them"
+            )
+        source = builder.as_data_source(split)
+        num_examples = len(source)
+        transform = StoreCrop(source, crop, seed, bool(_get(data_cfg, "augment", True)))
+    if num_examples < pc:
+        raise ValueError(f"{num_examples} training examples cannot be sharded over {pc} processes")
+
+    ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(None)
+    ds = ds.map_with_index(_with_index)[pi::pc]
+    ds = ds.map(transform).batch(batch, drop_remainder=True)
+    workers = int(_get(data_cfg, "num_workers", 0))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_get(data_cfg, "read_threads", 2)), prefetch_buffer_size=2 * batch))
+    if workers > 0:
+        _ensure_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    return TrainLoader(dataset=it, num_examples=num_examples, batch_size=batch, crop_size=crop)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def synthetic_eval_list(data_cfg: Any, split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """The fixed, seeded synthetic pairs (same as the `synthetic_blur` store's test split)."""
+    return synthetic.synthetic_test_pairs(
+        synthetic.photo_source(_get(data_cfg, "data_dir", None), split),
+        crops_per_photo=int(_get(data_cfg, "synthetic_test_crops_per_photo", 6)),
+        crop_size=int(_get(data_cfg, "synthetic_test_crop_size", 256)),
+        seed=int(_get(data_cfg, "synthetic_test_seed", 0)),
+        config=_blur_config(data_cfg),
+    )
+
+
+def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> Iterator[EvalPair]:
+    """Full evaluation images in a deterministic (sorted-name) order.
+
+    synthetic: ``synthetic_test_crops_per_photo`` fixed crops (``synthetic_test_crop_size``)
+    of each held-out photo, seeded by ``synthetic_test_seed``; other datasets: the prepared
+    store's split (prepared on first use). ``sharp`` is None for unpaired folders.
+    """
+    name = _dataset(data_cfg)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    if name == "synthetic":
+        pairs = synthetic_eval_list(data_cfg, split)
+        for n, blurred, sharp, info in pairs[:limit] if limit is not None else pairs:
+            yield EvalPair(n, blurred, sharp, dict(info, dataset="synthetic"))
+        return
+    builder = store_for(data_cfg)
+    source = builder.as_data_source(_split_of(builder, split))
+    count = len(source) if limit is None else min(limit, len(source))
+    for i in range(count):
+        ex = source[i]
+        meta = json.loads(ex["meta"].decode() if isinstance(ex["meta"], bytes) else ex["meta"])
+        meta["dataset"] = name
+        yield EvalPair(
+            ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"]),
+            builders.decode_example(ex, "blurred"),
+            builders.decode_example(ex, "sharp"),
+            meta,
+        )
+
+
+logging.getLogger("absl").setLevel(logging.WARNING)
