@@ -1,0 +1,362 @@
+"""Batch inference: one jit-compiled deblurring function per shape bucket, and tiling.
+
+Typical use::
+
+    from aspdc_jax import inference
+    deblurrer = inference.load("exports/aspdc_ft")          # export or train.py workdir
+    sharp = deblurrer.deblur(blurred)                        # uint8 HxWx3 -> uint8 HxWx3
+    sharp_list = deblurrer.deblur([img_a, img_b])            # differently sized images
+    big = deblurrer.deblur(photo_12mp, tile=512)             # bounded memory
+
+Shapes: inputs are reflect-padded on the host to a *bucket* shape and the output is cropped
+back, so a stream of mixed photo sizes compiles a handful of times (one XLA executable per
+bucket shape and batch size), not once per size. The jit-compiled function takes uint8 in
+and returns only the deblurred image (no offsets or attention maps are kept), which keeps
+peak memory at the network's own working set.
+
+Bucket policies (``bucket=``):
+
+* ``"geometric"`` (default): a side of ``n`` pixels is rounded up to a multiple of
+  ``2 ** (floor(log2 n) - 3)`` (at least the network's multiple of 4): eight sizes per
+  octave, at most 12.5% extra pixels per side. 1280 stays 1280; 720 becomes 768.
+* an int ``k``: sides rounded up to a multiple of ``k`` (and of 4).
+* ``"exact"``: only to the next multiple of 4 (what the papers' evaluation does; one
+  compilation per distinct size).
+
+Tiling (``tile=T``, ``overlap=O``): images with a side larger than ``T`` are cut into
+``T x T`` tiles whose neighbours overlap by at least ``O`` pixels; every tile runs through
+the same compiled function and the outputs are blended with raised-cosine weights that fall
+to ~0 at each interior tile edge, so no seam is visible. Far enough from the seams (more
+than the network's effective receptive field) the result equals the untiled one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aspdc_jax.images import to_model
+
+__all__ = ["Deblurrer", "bucket_size", "load", "pad_to", "tile_starts"]
+
+PyTree = Any
+Bucket = int | str
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def bucket_size(n: int, bucket: Bucket = "geometric", multiple: int = 4) -> int:
+    """Padded length for a side of ``n`` pixels under a bucket policy (see module doc)."""
+    if n < 1:
+        raise ValueError(f"image side must be >= 1 pixel, got {n}")
+    if bucket == "exact" or bucket is None:
+        step = multiple
+    elif bucket == "geometric":
+        step = max(1, 2 ** (n.bit_length() - 4))
+        step = math.lcm(step, multiple)
+    elif isinstance(bucket, int) and not isinstance(bucket, bool) and bucket > 0:
+        step = math.lcm(bucket, multiple)
+    else:
+        raise ValueError(f"bucket must be 'geometric', 'exact' or a positive int, got {bucket!r}")
+    return -(-n // step) * step
+
+
+def pad_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pads (..., H, W, C) at the bottom/right to (..., height, width, C)."""
+    h, w = images.shape[-3], images.shape[-2]
+    if (h, w) == (height, width):
+        return images
+    if height < h or width < w:
+        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
+    pads = [(0, 0)] * (images.ndim - 3) + [(0, height - h), (0, width - w), (0, 0)]
+    # numpy's reflect needs at least 2 pixels along a padded axis; a 1-pixel side is repeated.
+    mode = "reflect" if min(h, w) > 1 else "edge"
+    return np.pad(images, pads, mode=mode)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` overlap."""
+    if length <= tile:
+        return [0]
+    # As few tiles as the overlap allows, spread evenly (every overlap >= ``overlap``).
+    n = -(-(length - overlap) // (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _edge_weights(length: int, start: int, total: int, overlap: int) -> np.ndarray:
+    """1-D blending weights for one tile: raised cosine over ``overlap`` at interior edges."""
+    w = np.ones((length,), np.float32)
+    if overlap <= 0:
+        return w
+    ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float32) + 0.5) / overlap) ** 2
+    n = min(overlap, length)
+    if start > 0:
+        w[:n] = np.minimum(w[:n], ramp[:n])
+    if start + length < total:
+        w[length - n :] = np.minimum(w[length - n :], ramp[:n][::-1])
+    return w
+
+
+def _deblurred_of(out: Any) -> jax.Array:
+    if hasattr(out, "deblurred"):
+        return out.deblurred
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def _check_image(image: Any, where: str) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: expected uint8 RGB images in [0, 255], got dtype {image.dtype} "
+            "(convert with aspdc_jax.deblur.read_image or np.clip(x * 255).astype(np.uint8))"
+        )
+    if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{where}: expected an HxWx3 uint8 image, got shape {image.shape}")
+    return image
+
+
+class Deblurrer:
+    """Deblurs uint8 images with a DeblurNet (or any flax module with the same contract).
+
+    Args:
+      module: a flax module; ``module.apply({"params": params}, x)`` with x (B, H, W, 3) in
+        [-1, 1] returns an object with ``.deblurred`` (B, H, W, 3) in [-1, 1] (a bare array
+        or a tuple whose first item is the image also work).
+      params: the module's ``params`` collection.
+      bucket: padding policy, ``"geometric"`` | ``"exact"`` | int (see module docstring).
+      multiple: the module's size requirement (4 for DeblurNet).
+      dtype: ``"float32"`` or ``"bfloat16"`` compute (bfloat16 also stores the params in
+        bfloat16; for accelerators; on CPU it is usually slower).
+      tile: tile side for images with a side larger than it (None: never tile). Must be a
+        multiple of ``multiple``.
+      overlap: minimum overlap between neighbouring tiles in pixels.
+      batch_size: images (or tiles) of one bucket run together, in batches of 1, 2, 4, ...
+        up to this many.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        params: PyTree,
+        *,
+        bucket: Bucket = "geometric",
+        multiple: int = 4,
+        dtype: str = "float32",
+        tile: int | None = None,
+        overlap: int = 64,
+        batch_size: int = 1,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        bucket_size(64, bucket, multiple)  # validates the policy
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        compute_dtype = _DTYPES[dtype]
+        if hasattr(module, "dtype") and hasattr(module, "clone"):
+            module = module.clone(dtype=compute_dtype)
+        if compute_dtype != jnp.float32:
+            params = jax.tree_util.tree_map(
+                lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                params,
+            )
+        self.module = module
+        self.params = jax.device_put(params)
+        self.bucket = bucket
+        self.multiple = multiple
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.overlap = int(overlap)
+        self.tile = None
+        if tile is not None:
+            self.tile = self._check_tile(tile, overlap)
+        self._traces = 0
+
+        def forward(params: PyTree, x_u8: jax.Array) -> jax.Array:
+            self._traces += 1  # runs once per traced (compiled) shape
+            x = to_model(x_u8, compute_dtype)
+            y = _deblurred_of(module.apply({"params": params}, x)).astype(jnp.float32)
+            return jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)  # unrounded [0, 255]
+
+        self._forward = jax.jit(forward)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_loaded(cls, loaded: Any, **kwargs: Any) -> Deblurrer:
+        """From :class:`aspdc_jax.checkpoint.LoadedModels`."""
+        return cls(loaded.deblur, loaded.deblur_params, **kwargs)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def num_compilations(self) -> int:
+        """How many shapes the forward function has been traced (and compiled) for."""
+        return self._traces
+
+    def bucket_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The padded (H, W) an image of this size runs at (untiled)."""
+        return (
+            bucket_size(height, self.bucket, self.multiple),
+            bucket_size(width, self.bucket, self.multiple),
+        )
+
+    def _check_tile(self, tile: int, overlap: int) -> int:
+        tile = int(tile)
+        if tile % self.multiple or tile <= 0:
+            raise ValueError(f"tile must be a positive multiple of {self.multiple}, got {tile}")
+        if not 0 <= overlap <= tile // 2:
+            raise ValueError(f"overlap must be in [0, tile/2] = [0, {tile // 2}], got {overlap}")
+        return tile
+
+    # ------------------------------------------------------------------ core
+    def forward_padded(self, batch: np.ndarray) -> np.ndarray:
+        """Runs the compiled network on a (B, H, W, 3) uint8 batch whose H, W are already
+        valid for the module; returns float32 (B, H, W, 3) in [0, 255], not rounded."""
+        return np.asarray(self._forward(self.params, jnp.asarray(batch)))
+
+    def _batch_sizes(self, n: int) -> Iterable[int]:
+        """Splits n items into chunks of power-of-two sizes <= batch_size."""
+        while n > 0:
+            b = min(self.batch_size, 1 << (n.bit_length() - 1))
+            b = 1 << (b.bit_length() - 1)
+            yield b
+            n -= b
+
+    def _run_group(self, images: Sequence[np.ndarray], hb: int, wb: int) -> list[np.ndarray]:
+        """Pads same-bucket images to (hb, wb), runs them in power-of-two batches, crops."""
+        outputs: list[np.ndarray] = []
+        i = 0
+        for b in self._batch_sizes(len(images)):
+            chunk = images[i : i + b]
+            batch = np.stack([pad_to(im, hb, wb) for im in chunk])
+            y = self.forward_padded(batch)
+            for im, out in zip(chunk, y):
+                outputs.append(np.round(out[: im.shape[0], : im.shape[1]]).astype(np.uint8))
+            i += b
+        return outputs
+
+    def _deblur_one(self, image: np.ndarray, tile: int | None, overlap: int) -> np.ndarray:
+        h, w = image.shape[:2]
+        if tile is not None and (h > tile or w > tile):
+            return self._deblur_tiled(image, tile, overlap)
+        return self._run_group([image], *self.bucket_shape(h, w))[0]
+
+    def _deblur_tiled(self, image: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+        h, w = image.shape[:2]
+        # A side shorter than the tile runs whole (padded to its bucket): the tile is then
+        # (tile, bucket(w)) or (bucket(h), tile), still a handful of shapes.
+        # The image is first padded to a multiple of `multiple` (as bucket="exact" does), so
+        # the image borders see the same padding as an untiled run with bucket="exact".
+        th = tile if h > tile else bucket_size(h, self.bucket, self.multiple)
+        tw = tile if w > tile else bucket_size(w, self.bucket, self.multiple)
+        hp = max(bucket_size(h, "exact", self.multiple), th)
+        wp = max(bucket_size(w, "exact", self.multiple), tw)
+        padded = pad_to(image, hp, wp)
+        ph, pw = padded.shape[:2]
+        acc = np.zeros((ph, pw, 3), np.float32)
+        weight = np.zeros((ph, pw, 1), np.float32)
+        boxes = [(y, x) for y in tile_starts(ph, th, overlap) for x in tile_starts(pw, tw, overlap)]
+        i = 0
+        for b in self._batch_sizes(len(boxes)):
+            chunk = boxes[i : i + b]
+            batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
+            out = self.forward_padded(batch)
+            for (y, x), o in zip(chunk, out):
+                wy = _edge_weights(th, y, ph, overlap)
+                wx = _edge_weights(tw, x, pw, overlap)
+                wgt = (wy[:, None] * wx[None, :])[..., None]
+                acc[y : y + th, x : x + tw] += o * wgt
+                weight[y : y + th, x : x + tw] += wgt
+            i += b
+        acc /= weight
+        return np.round(acc[:h, :w]).astype(np.uint8)
+
+    # ------------------------------------------------------------------ public
+    def deblur(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        *,
+        tile: int | None = None,
+        overlap: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Deblurs uint8 RGB images.
+
+        Args:
+          images: uint8 (H, W, 3), uint8 (B, H, W, 3), or a list of uint8 (H_i, W_i, 3).
+          tile: overrides the constructor's ``tile`` for this call (images with a side
+            larger than it are tiled); None keeps the constructor's setting.
+          overlap: overrides the constructor's ``overlap``.
+          progress: show a tqdm progress bar over images.
+
+        Returns:
+          uint8 in the same structure and shapes as ``images``.
+        """
+        overlap = self.overlap if overlap is None else int(overlap)
+        tile = self.tile if tile is None else self._check_tile(tile, overlap)
+        if not isinstance(images, (list, tuple)):
+            arr = np.asarray(images)
+            if arr.ndim == 3:
+                return self._deblur_list([_check_image(arr, "deblur")], tile, overlap, progress)[0]
+            if arr.ndim == 4:
+                items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(arr)]
+                out = self._deblur_list(items, tile, overlap, progress)
+                return np.stack(out) if out else np.zeros_like(arr)
+            raise ValueError(
+                f"deblur: expected uint8 (H, W, 3), (B, H, W, 3) or a list, got shape {arr.shape}"
+            )
+        items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(images)]
+        return self._deblur_list(items, tile, overlap, progress)
+
+    __call__ = deblur
+
+    def _deblur_list(
+        self, images: list[np.ndarray], tile: int | None, overlap: int, progress: bool
+    ) -> list[np.ndarray]:
+        results: list[np.ndarray | None] = [None] * len(images)
+        # Untiled images that share a bucket run together (batch_size > 1 only matters then).
+        groups: dict[tuple[int, int], list[int]] = {}
+        tiled: list[int] = []
+        for i, im in enumerate(images):
+            h, w = im.shape[:2]
+            if tile is not None and (h > tile or w > tile):
+                tiled.append(i)
+            else:
+                groups.setdefault(self.bucket_shape(h, w), []).append(i)
+        bar = None
+        if progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=len(images), unit="img", desc="deblur")
+        for (hb, wb), idx in groups.items():
+            step = self.batch_size
+            for s in range(0, len(idx), step):
+                part = idx[s : s + step]
+                for i, out in zip(part, self._run_group([images[j] for j in part], hb, wb)):
+                    results[i] = out
+                if bar is not None:
+                    bar.update(len(part))
+        for i in tiled:
+            results[i] = self._deblur_tiled(images[i], tile, overlap)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return results  # type: ignore[return-value]
+
+
+def load(ckpt_dir: str | Path, **kwargs: Any) -> Deblurrer:
+    """Loads a :class:`Deblurrer` from an export or a ``train.py`` workdir / phase folder.
+
+    Keyword arguments go to :class:`Deblurrer` (``bucket``, ``dtype``, ``tile``, ...).
+    Raises :class:`aspdc_jax.checkpoint.CheckpointError` for a folder without a checkpoint.
+    """
+    from aspdc_jax.checkpoint import load_for_inference  # noqa: PLC0415
+
+    return Deblurrer.from_loaded(load_for_inference(ckpt_dir), **kwargs)
+
