@@ -13,9 +13,10 @@ with ``g = c // (C / offset_groups)``. Pixels outside the image read as zero; a 
 point with ``py <= -1``, ``py >= H``, ``px <= -1`` or ``px >= W`` contributes nothing.
 Coordinate gradients use the floor-based bilinear derivative, exactly as in torchvision.
 
-Implementation: the four bilinear corners of every tap are fetched with one packed row
-gather per image (``vmap`` over the batch) from the image flattened to ``(H*W + 1, C)``,
-whose last row is zero and absorbs every out-of-image corner. The corners are blended
+Implementation: the image is rearranged into a table whose rows hold every 2x2
+neighbourhood (``4*C`` contiguous values, zero-padded, plus one all-zero row for samples
+entirely outside the image), so the four bilinear corners of a tap are one row of one
+packed gather per image (``vmap`` over the batch and offset groups). The corners are blended
 with the bilinear weights times the modulation mask, the taps and channels are flattened
 and contracted with the kernel in a single matmul, so the FLOPs run in the matmul unit.
 With zero offsets and no mask the result is exactly a dense convolution.
@@ -53,7 +54,7 @@ def deform_conv_output_size(
 
 def _check_shapes(
     inputs: jax.Array,
-    offsets: jax.Array,
+    offsets: jax.Array | None,
     mask: jax.Array | None,
     kernel: jax.Array,
     bias: jax.Array | None,
@@ -63,7 +64,7 @@ def _check_shapes(
     offset_groups: int,
 ) -> tuple[int, int]:
     """Validates every shape before anything is traced; returns (Ho, Wo)."""
-    ishape, oshape, kshape = tuple(inputs.shape), tuple(offsets.shape), tuple(kernel.shape)
+    ishape, kshape = tuple(inputs.shape), tuple(kernel.shape)
     if len(ishape) != 4:
         raise ValueError(f"inputs must be 4-D (B, H, W, C), got shape {ishape}")
     if len(kshape) != 4:
@@ -96,11 +97,11 @@ def _check_shapes(
         )
     taps = kh * kw
     expected = (batch, out_h, out_w, 2 * taps * offset_groups)
-    if oshape != expected:
+    if offsets is not None and tuple(offsets.shape) != expected:
         raise ValueError(
             f"offsets must have shape {expected} = (B, Ho, Wo, 2*k*k*offset_groups) for "
             f"inputs {ishape}, kernel {kshape} and offset_groups={offset_groups}; "
-            f"got {oshape}"
+            f"got {tuple(offsets.shape)}"
         )
     if mask is not None:
         mexpected = (batch, out_h, out_w, taps * offset_groups)
@@ -116,6 +117,24 @@ def _check_shapes(
             f"{tuple(bias.shape)}"
         )
     return out_h, out_w
+
+
+def _corner_table(image: jax.Array, groups: int) -> jax.Array:
+    """(H, W, C) -> (G, (H+1)*(W+1) + 1, 4*C/G): every 2x2 neighbourhood as one row.
+
+    Row ``(y0 + 1) * (W + 1) + (x0 + 1)`` holds the corners ``(y0, x0)``, ``(y0, x0+1)``,
+    ``(y0+1, x0)``, ``(y0+1, x0+1)`` of the zero-padded image, so one contiguous row read
+    fetches all four bilinear corners of a sample with ``-1 <= y0 < H``, ``-1 <= x0 < W``;
+    the final all-zero row serves every sample that lies entirely outside the image.
+    """
+    height, width, channels = image.shape
+    cpg = channels // groups
+    padded = jnp.pad(image, ((1, 1), (1, 1), (0, 0))).reshape(height + 2, width + 2, groups, cpg)
+    quad = jnp.concatenate(
+        [padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]], axis=-1
+    )  # (H+1, W+1, G, 4*C/G)
+    rows = jnp.moveaxis(quad, 2, 0).reshape(groups, (height + 1) * (width + 1), 4 * cpg)
+    return jnp.concatenate([rows, jnp.zeros((groups, 1, 4 * cpg), image.dtype)], axis=1)
 
 
 def _sample_one(
@@ -149,49 +168,81 @@ def _sample_one(
     lx = px - x0f
     hy = 1 - ly
     hx = 1 - lx
-    # Corners outside the image read the zero row, so a point with py <= -1 (etc.)
-    # gives exactly 0; the coordinate gradient is torchvision's (floor-based).
-    scale = None if mask is None else mask.astype(coord_dtype).reshape(out_h, out_w, groups, taps)
+    # (Ho, Wo, G, K, 4) bilinear weights of the corners in table-row order. Corners
+    # outside the image read zeros, so a point with py <= -1 (etc.) gives exactly 0; the
+    # coordinate gradient is torchvision's floor-based one.
+    weight = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1)
+    if mask is not None:
+        weight = weight * mask.astype(coord_dtype).reshape(out_h, out_w, groups, taps, 1)
     y0 = y0f.astype(jnp.int32)
     x0 = x0f.astype(jnp.int32)
-    sentinel = height * width  # index of the zero row
+    inside = (y0 >= -1) & (y0 < height) & (x0 >= -1) & (x0 < width)
+    row = jnp.where(inside, (y0 + 1) * (width + 1) + (x0 + 1), (height + 1) * (width + 1))
 
-    def corner(yc: jax.Array, xc: jax.Array) -> jax.Array:
-        ok = (yc >= 0) & (yc < height) & (xc >= 0) & (xc < width)
-        return jnp.where(ok, yc * width + xc, sentinel)
-
-    # (Ho, Wo, G, K, 4): the four corners of every tap, packed for one gather.
-    index = jnp.stack(
-        [corner(y0, x0), corner(y0, x0 + 1), corner(y0 + 1, x0), corner(y0 + 1, x0 + 1)],
-        axis=-1,
-    )
-    weight = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1)
-    if scale is not None:
-        weight = weight * scale[..., None]
-
-    flat = jnp.concatenate(
-        [image.reshape(height * width, channels), jnp.zeros((1, channels), image.dtype)]
-    )
-    # (G, HW+1, C/G): the rows each offset group reads from.
-    flat = flat.reshape(height * width + 1, groups, cpg).transpose(1, 0, 2)
-    index = jnp.moveaxis(index, 2, 0).reshape(groups, -1)  # (G, Ho*Wo*K*4)
-    weight = jnp.moveaxis(weight, 2, 0).reshape(groups, out_h * out_w, taps, 4)
-    corners = jax.vmap(lambda rows, idx: jnp.take(rows, idx, axis=0, mode="clip"))(
-        flat, index
-    ).reshape(groups, out_h * out_w, taps, 4, cpg)
+    table = _corner_table(image, groups)  # (G, R, 4*C/G)
+    row = jnp.moveaxis(row, 2, 0).reshape(groups, out_h * out_w * taps)
+    weight = jnp.moveaxis(weight, 2, 0).reshape(groups, out_h * out_w * taps, 4)
+    corners = jax.vmap(lambda t, r: jnp.take(t, r, axis=0, mode="clip"))(table, row)
     accum = jnp.promote_types(image.dtype, jnp.float32)
-    sampled = jnp.einsum(
-        "gpkq,gpkqc->pkgc",
-        weight.astype(accum),
-        corners,
-        preferred_element_type=accum,
-    )  # (Ho*Wo, K, G, C/G): channel order c = g * C/G + c'
+    weight = weight.astype(accum)
+    # Blend as four explicit slices: XLA fuses the gather into this elementwise loop.
+    sampled = sum(
+        corners[..., q * cpg : (q + 1) * cpg].astype(accum) * weight[..., q : q + 1]
+        for q in range(4)
+    )  # (G, Ho*Wo*K, C/G)
+    sampled = sampled.reshape(groups, out_h * out_w, taps, cpg)
+    if groups > 1:
+        sampled = jnp.moveaxis(sampled, 0, 2)  # (Ho*Wo, K, G, C/G): c = g * C/G + c'
     return sampled.astype(image.dtype).reshape(out_h * out_w, taps * channels)
+
+
+def _sample_grid_one(
+    image: jax.Array,  # (H, W, C)
+    mask: jax.Array | None,  # (Ho, Wo, G*K)
+    *,
+    kernel_size: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    out_hw: tuple[int, int],
+) -> jax.Array:
+    """Zero offsets: the taps are integer shifts, read with strided slices (no gather)."""
+    height, width, channels = image.shape
+    out_h, out_w = out_hw
+    taps = kernel_size * kernel_size
+    cpg = channels // groups
+    # Pad enough that every strided window slice stays inside the array.
+    need_h = (out_h - 1) * stride[0] + (kernel_size - 1) * dilation[0] + 1
+    need_w = (out_w - 1) * stride[1] + (kernel_size - 1) * dilation[1] + 1
+    padded = jnp.pad(
+        image,
+        (
+            (padding[0], max(0, need_h - height - padding[0])),
+            (padding[1], max(0, need_w - width - padding[1])),
+            (0, 0),
+        ),
+    )
+    shifted = []
+    for i in range(taps):
+        ky, kx = divmod(i, kernel_size)
+        y, x = ky * dilation[0], kx * dilation[1]
+        shifted.append(
+            padded[y : y + (out_h - 1) * stride[0] + 1 : stride[0],
+                   x : x + (out_w - 1) * stride[1] + 1 : stride[1]]
+        )
+    sampled = jnp.stack(shifted, axis=2)  # (Ho, Wo, K, C)
+    if mask is not None:
+        accum = jnp.promote_types(image.dtype, jnp.float32)
+        m = mask.astype(accum).reshape(out_h, out_w, groups, taps)
+        m = jnp.repeat(jnp.moveaxis(m, 2, 3), cpg, axis=3)  # (Ho, Wo, K, C)
+        sampled = (sampled.astype(accum) * m).astype(image.dtype)
+    return sampled.reshape(out_h * out_w, taps * channels)
 
 
 def deform_conv2d(
     inputs: jax.Array,
-    offsets: jax.Array,
+    offsets: jax.Array | None,
     mask: jax.Array | None,
     kernel: jax.Array,
     bias: jax.Array | None = None,
@@ -207,6 +258,8 @@ def deform_conv2d(
       inputs: ``(B, H, W, C)`` images or features (float32, float64 or bfloat16).
       offsets: ``(B, Ho, Wo, 2*k*k*G)`` sampling offsets in pixels; for group ``g`` and tap
         ``i`` channel ``g*2*k*k + 2*i`` is the row (y) offset, ``+1`` the column (x).
+        ``None`` means zero offsets (a mask-modulated convolution, computed with
+        strided slices instead of gathers: ASPDC's static branch).
       mask: ``(B, Ho, Wo, k*k*G)`` modulation scalars (usually a sigmoid), or ``None`` for
         ones (plain DCNv1).
       kernel: ``(k, k, C, O)`` HWIO weights.
@@ -232,23 +285,26 @@ def deform_conv2d(
     batch = inputs.shape[0]
     kernel_size, _, channels, out_channels = kernel.shape
     accum = jnp.promote_types(inputs.dtype, jnp.float32)
-    coord_dtype = jnp.promote_types(offsets.dtype, jnp.float32)
 
-    sample = jax.vmap(
-        lambda image, off, m: _sample_one(
-            image,
-            off,
-            m,
-            kernel_size=kernel_size,
-            stride=stride_,
-            padding=padding_,
-            dilation=dilation_,
-            groups=offset_groups,
-            coord_dtype=coord_dtype,
-        ),
-        in_axes=(0, 0, None if mask is None else 0),
+    geometry = dict(
+        kernel_size=kernel_size,
+        stride=stride_,
+        padding=padding_,
+        dilation=dilation_,
+        groups=offset_groups,
     )
-    sampled = sample(inputs, offsets, mask)  # (B, Ho*Wo, K*C)
+    mask_axis = None if mask is None else 0
+    if offsets is None:
+        sampled = jax.vmap(
+            lambda image, m: _sample_grid_one(image, m, out_hw=(out_h, out_w), **geometry),
+            in_axes=(0, mask_axis),
+        )(inputs, mask)
+    else:
+        coord_dtype = jnp.promote_types(offsets.dtype, jnp.float32)
+        sampled = jax.vmap(
+            lambda image, off, m: _sample_one(image, off, m, coord_dtype=coord_dtype, **geometry),
+            in_axes=(0, 0, mask_axis),
+        )(inputs, offsets, mask)  # (B, Ho*Wo, K*C)
     out = jnp.einsum(
         "bpj,jo->bpo",
         sampled,
