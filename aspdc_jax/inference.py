@@ -110,6 +110,11 @@ def _deblurred_of(out: Any) -> jax.Array:
     return out
 
 
+def _quantize(image: np.ndarray) -> np.ndarray:
+    """float [0, 255] -> uint8 (round half to even, as ``aspdc_jax.images.to_uint8``)."""
+    return np.round(image).astype(np.uint8)
+
+
 def _check_image(image: Any, where: str) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
@@ -228,7 +233,8 @@ class Deblurrer:
             n -= b
 
     def _run_group(self, images: Sequence[np.ndarray], hb: int, wb: int) -> list[np.ndarray]:
-        """Pads same-bucket images to (hb, wb), runs them in power-of-two batches, crops."""
+        """Pads same-bucket images to (hb, wb), runs them in power-of-two batches, crops;
+        returns float32 [0, 255] (unrounded) images."""
         outputs: list[np.ndarray] = []
         i = 0
         for b in self._batch_sizes(len(images)):
@@ -236,15 +242,19 @@ class Deblurrer:
             batch = np.stack([pad_to(im, hb, wb) for im in chunk])
             y = self.forward_padded(batch)
             for im, out in zip(chunk, y):
-                outputs.append(np.round(out[: im.shape[0], : im.shape[1]]).astype(np.uint8))
+                outputs.append(out[: im.shape[0], : im.shape[1]])
             i += b
         return outputs
 
-    def _deblur_one(self, image: np.ndarray, tile: int | None, overlap: int) -> np.ndarray:
-        h, w = image.shape[:2]
-        if tile is not None and (h > tile or w > tile):
-            return self._deblur_tiled(image, tile, overlap)
-        return self._run_group([image], *self.bucket_shape(h, w))[0]
+    def deblur_float(
+        self, image: np.ndarray, *, tile: int | None = None, overlap: int | None = None
+    ) -> np.ndarray:
+        """Like :meth:`deblur` for one uint8 (H, W, 3) image, but returns the network's
+        output before quantisation: float32 (H, W, 3) in [0, 1] (for metrics)."""
+        overlap = self.overlap if overlap is None else int(overlap)
+        tile = self.tile if tile is None else self._check_tile(tile, overlap)
+        image = _check_image(image, "deblur_float")
+        return self._deblur_list([image], tile, overlap, False)[0] / np.float32(255.0)
 
     def _deblur_tiled(self, image: np.ndarray, tile: int, overlap: int) -> np.ndarray:
         h, w = image.shape[:2]
@@ -274,7 +284,7 @@ class Deblurrer:
                 weight[y : y + th, x : x + tw] += wgt
             i += b
         acc /= weight
-        return np.round(acc[:h, :w]).astype(np.uint8)
+        return acc[:h, :w]
 
     # ------------------------------------------------------------------ public
     def deblur(
@@ -302,16 +312,17 @@ class Deblurrer:
         if not isinstance(images, (list, tuple)):
             arr = np.asarray(images)
             if arr.ndim == 3:
-                return self._deblur_list([_check_image(arr, "deblur")], tile, overlap, progress)[0]
+                out = self._deblur_list([_check_image(arr, "deblur")], tile, overlap, progress)
+                return _quantize(out[0])
             if arr.ndim == 4:
                 items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(arr)]
                 out = self._deblur_list(items, tile, overlap, progress)
-                return np.stack(out) if out else np.zeros_like(arr)
+                return np.stack([_quantize(o) for o in out]) if out else np.zeros_like(arr)
             raise ValueError(
                 f"deblur: expected uint8 (H, W, 3), (B, H, W, 3) or a list, got shape {arr.shape}"
             )
         items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(images)]
-        return self._deblur_list(items, tile, overlap, progress)
+        return [_quantize(o) for o in self._deblur_list(items, tile, overlap, progress)]
 
     __call__ = deblur
 
