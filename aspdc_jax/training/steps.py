@@ -82,7 +82,7 @@ def make_train_step(
     deblur / reblur: ``step(state, batch)``; finetune: ``step(state, batch, reblur_params)``
     (ReblurNet params are an input only: never updated, never donated).
     Metrics: ``loss`` (+ ``deblur_loss``, ``reblur_loss`` for finetune), ``grad_norm``,
-    all replicated f32 scalars.
+    ``param_norm`` (of the updated params), all replicated f32 scalars.
     """
     loss_fn = make_loss_fn(
         phase, deblur=deblur, reblur=reblur, image_loss=image_loss, reblur_weight=reblur_weight
@@ -93,7 +93,11 @@ def make_train_step(
         (_, metrics), grads = grad_fn(state.params, batch, reblur_params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        # param_norm turns inf when an update blew the params up, so the NaN guard stops
+        # before such params are checkpointed.
+        metrics = dict(
+            metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params)
+        )
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

@@ -1,0 +1,192 @@
+"""The training loop at tiny widths on an in-memory loader: SIGKILL mid-phase and resume,
+skipping a finished phase, hand-off and shape guards, the NaN guard, outputs, and
+loading a workdir for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train_fakes import fake_loader_factory
+
+from aspdc_jax.checkpoint import CheckpointError, load_for_inference
+from aspdc_jax.training import NonFiniteLossError, PhaseCheckpoints, train_and_evaluate
+from aspdc_jax.training.checkpoints import load_workdir_for_inference
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).parent
+STEPS = 6
+
+
+def tiny_config():
+    sys.path.insert(0, str(ROOT))
+    from configs import default
+
+    c = default.get_config()
+    c.model.deblur_width = 4
+    c.model.reblur_width = 4
+    c.model.num_groups = 1
+    c.data.crop_size = 16
+    c.data.epoch_size = 8  # batch 2 -> 4 steps per epoch
+    c.batch_size = 2
+    for phase in ("deblur", "reblur", "finetune"):
+        c[phase].schedule = "constant"
+        c[phase].lr = 1e-3
+        c[phase].num_epochs = STEPS / 4
+    c.phases = "deblur"
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.image_every_steps = 3
+    c.eval_limit = 0
+    c.progress_bar = False
+    return c
+
+
+RUNNER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path[:0] = [{root!r}, {tests!r}]
+    import test_train_fakes
+    from test_train_loop import tiny_config
+    from aspdc_jax.training import train_and_evaluate
+
+    kill_at = int(sys.argv[2])
+    class KillingIterator(test_train_fakes.FakeIterator):
+        def __next__(self):
+            if self.index == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__next__()
+    test_train_fakes.FakeLoader.__iter__ = lambda self: KillingIterator(self)
+    train_and_evaluate(tiny_config(), sys.argv[1],
+                       loader_factory=test_train_fakes.fake_loader_factory, eval_pairs_fn=None)
+    print("DONE")
+    """
+)
+
+
+def _run(workdir: Path, kill_at: int, cache: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    # Share compiled programs between the runs (same program, same results).
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+    script = RUNNER.format(root=str(ROOT), tests=str(TESTS))
+    return subprocess.run(
+        [sys.executable, "-c", script, str(workdir), str(kill_at)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT),
+    )
+
+
+def _final_params(workdir: Path, phase: str = "deblur"):
+    with PhaseCheckpoints(workdir / phase, read_only=True) as ckpt:
+        step = ckpt.latest_step()
+        return step, ckpt.restore(step, items=("params",))["params"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    cache = base / "jax_cache"
+    full = _run(base / "full", kill_at=-1, cache=cache)
+    assert full.returncode == 0 and "DONE" in full.stdout, full.stderr[-4000:]
+    # Killed while fetching the batch of step 6: the last checkpoint is step 4.
+    killed = _run(base / "killed", kill_at=5, cache=cache)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-4000:])
+    with PhaseCheckpoints(base / "killed" / "deblur", read_only=True) as ckpt:
+        killed_step = ckpt.latest_step()
+    rerun = _run(base / "killed", kill_at=-1, cache=cache)
+    assert rerun.returncode == 0 and "DONE" in rerun.stdout, rerun.stderr[-4000:]
+    again = _run(base / "killed", kill_at=-1, cache=cache)
+    return {"base": base, "killed_step": killed_step, "rerun": rerun, "again": again}
+
+
+def test_sigkill_then_rerun_matches_uninterrupted_run(runs):
+    assert runs["killed_step"] == 4
+    assert "resuming from step 4/6" in runs["rerun"].stdout
+    step_a, full = _final_params(runs["base"] / "full")
+    step_b, resumed = _final_params(runs["base"] / "killed")
+    assert step_a == step_b == STEPS
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_finished_phase_is_skipped(runs):
+    assert runs["again"].returncode == 0
+    assert "finished earlier (step 6/6): skipped" in runs["again"].stdout
+
+
+def test_outputs_metrics_jsonl_tensorboard_and_checkpoint_contents(runs):
+    workdir = runs["base"] / "full"
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert {"loss", "lr", "grad_norm", "steps_per_s", "epoch"} <= set(train[0])
+    assert any(r["event"] == "phase_end" for r in records)
+    events = list((workdir / "tensorboard" / "deblur").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    with PhaseCheckpoints(workdir / "deblur", read_only=True) as ckpt:
+        got = ckpt.restore(6, items=("params", "opt_state", "data", "meta", "config"))
+    assert got["data"] == {"index": 6}
+    assert got["meta"]["finished"] and got["meta"]["total_steps"] == 6
+    assert got["config"]["model"]["deblur_width"] == 4
+
+
+def test_load_workdir_for_inference(runs):
+    workdir = runs["base"] / "full"
+    loaded = load_for_inference(workdir)
+    assert loaded.reblur is None and loaded.model_config["deblur_width"] == 4
+    assert "deblur step 6" in loaded.source
+    _, params = _final_params(workdir)
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded.deblur_params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    phase_only = load_workdir_for_inference(workdir / "deblur")
+    assert phase_only.deblur.width == 4
+
+
+def test_model_shape_mismatch_is_reported_before_orbax(runs):
+    c = tiny_config()
+    c.model.deblur_width = 8
+    with pytest.raises(CheckpointError, match=r"does not match config.model(.|\n)*deblur_width: 4 vs 8"):
+        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory,
+                           eval_pairs_fn=None)
+
+
+def test_finetune_without_phase_checkpoints_names_what_is_missing(tmp_path, runs):
+    c = tiny_config()
+    c.phases = "finetune"
+    with pytest.raises(CheckpointError) as err:
+        train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    msg = str(err.value)
+    assert "phase 'deblur': no checkpoint" in msg and "phase 'reblur': no checkpoint" in msg
+    # With phase 1 done but phase 2 missing, only phase 2 is named.
+    with pytest.raises(CheckpointError) as err:
+        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory,
+                           eval_pairs_fn=None)
+    assert "phase 'reblur': no checkpoint" in str(err.value)
+    assert "phase 'deblur'" not in str(err.value)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(runs, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "nan"
+    shutil.copytree(runs["base"] / "full", workdir)
+    c = tiny_config()
+    c.deblur.num_epochs = 3.0  # extend the finished phase: resumes at step 6
+    c.deblur.lr = 1e30
+    with pytest.raises(NonFiniteLossError, match=r"non-finite(.|\n)*step 6\)"):
+        train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    with PhaseCheckpoints(workdir / "deblur", read_only=True) as ckpt:
+        assert ckpt.latest_step() == 6
