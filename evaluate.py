@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from aspdc_jax import evaluation
+from aspdc_jax import evaluation, inference
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ckpt", None, "Export folder or train.py workdir / phase folder.", required=True)
@@ -63,11 +63,18 @@ flags.DEFINE_integer("tile", None, "Tile images with a side larger than this (bo
 flags.DEFINE_integer("overlap", 64, "Tile overlap in pixels.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (bfloat16: GPU/TPU).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool(
+    "low_memory_schedule", True,
+    "Use XLA's memory-minimising CPU scheduler (about half the peak memory of the default "
+    "concurrency-optimised one; no effect on GPU).",
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.low_memory_schedule:
+        inference.use_low_memory_cpu_scheduler()  # before the first JAX computation
     bucket = int(FLAGS.bucket) if FLAGS.bucket.isdigit() else FLAGS.bucket
     cfg = evaluation.EvalConfig(
         ckpt=FLAGS.ckpt, out=FLAGS.out, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,

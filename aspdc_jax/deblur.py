@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing outputs (default: skip them)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--concurrent_schedule", action="store_true",
+        help="keep XLA's default concurrency-optimised CPU schedule (about 2x the peak memory); "
+        "by default the memory-minimising one is selected",
+    )
     return parser
 
 
@@ -191,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aspdc_jax.checkpoint import CheckpointError  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
+    if not args.concurrent_schedule:
+        inference.use_low_memory_cpu_scheduler(warn=False)
     try:
         files = list(find_inputs(args.inputs))
     except FileNotFoundError as err:

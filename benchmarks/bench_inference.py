@@ -1,0 +1,281 @@
+r"""Inference benchmark: the 1280x720 forward, its utilisation, and peak memory.
+
+  python benchmarks/bench_inference.py --json bench_inference.json
+
+Measurements, each in a fresh subprocess so its peak RSS is its own:
+
+1. ``matmul``: float32 (N x N) @ (N x N) FLOP/s (best of several) -- the machine's ceiling.
+2. ``forward_720p``: the full-width DeblurNet (paper config) on one 1280x720 image through
+   :class:`aspdc_jax.inference.Deblurrer` (uint8 in, uint8-ready float out, only the
+   deblurred image returned), mean seconds after compilation, peak RSS. Model FLOPs are
+   counted from the jaxpr (2 x MACs of every convolution and matmul, the deformable
+   convolutions' contraction included; bilinear sampling not counted).
+3. ``tiled_12mp``: a 4000x3000 image through the tiled mode (``--tile``/``--overlap``),
+   peak RSS and seconds (compilation included).
+
+``utilization`` = model FLOP/s of (2) / matmul FLOP/s of (1). Parameters are random
+(``--ckpt`` loads real ones instead); the speed does not depend on their values.
+The allocator is chosen with ``--allocator`` (tcmalloc is preloaded into the
+subprocesses when found; DESIGN.md section 9) and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+HERE = Path(__file__).resolve()
+
+
+# ----------------------------------------------------------------------------- workers
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def count_flops(jaxpr) -> float:
+    """2 x MACs of conv_general_dilated and dot_general in a (closed) jaxpr, recursively."""
+    import numpy as np  # noqa: PLC0415
+
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            out = eqn.outvars[0].aval.shape
+            rhs = eqn.invars[1].aval.shape
+            out_feat = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += 2.0 * np.prod(out) * np.prod(rhs) / out_feat
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            k = np.prod([lhs[d] for d in lhs_contract]) if lhs_contract else 1
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
+        mult = eqn.params.get("length", 1) if name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None and hasattr(inner, "eqns"):
+                    total += mult * count_flops(inner)
+                elif hasattr(sub, "eqns"):
+                    total += mult * count_flops(sub)
+    return float(total)
+
+
+def _model(ckpt: str | None):
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    if ckpt:
+        from aspdc_jax.checkpoint import load_for_inference  # noqa: PLC0415
+
+        loaded = load_for_inference(ckpt)
+        return loaded.deblur, loaded.deblur_params
+    from aspdc_jax.models import DeblurNet  # noqa: PLC0415
+
+    module = DeblurNet()
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    rng = np.random.default_rng(0)
+
+    def fill(leaf):
+        if len(leaf.shape) >= 2:
+            return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+        return np.zeros(leaf.shape, np.float32)
+
+    return module, jax.tree_util.tree_map(fill, shapes)
+
+
+def worker_matmul(args) -> dict:
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    n = args.matmul_size
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(args.matmul_repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return {"matmul_size": n, "matmul_seconds": best, "matmul_flops_per_s": 2.0 * n**3 / best}
+
+
+def worker_forward(args) -> dict:
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415
+
+    module, params = _model(args.ckpt)
+    h, w = 720, 1280
+    x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda p, v: module.apply({"params": p}, v).deblurred)(params, x)
+    flops = count_flops(jaxpr.jaxpr)
+    del jaxpr
+    deblurrer = Deblurrer(module, params, bucket="exact", dtype=args.dtype)
+    del params
+    image = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    deblurrer.forward_padded(image)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        deblurrer.forward_padded(image)
+        times.append(time.perf_counter() - start)
+    return {
+        "seconds_720p": float(np.mean(times)),
+        "seconds_720p_all": times,
+        "first_call_seconds_720p": first,
+        "model_gflop_720p": flops / 1e9,
+        "model_flops_per_s": flops / float(np.mean(times)),
+        "compilations": deblurrer.num_compilations,
+    }
+
+
+def worker_tiled(args) -> dict:
+    import numpy as np  # noqa: PLC0415
+
+    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415
+
+    module, params = _model(args.ckpt)
+    deblurrer = Deblurrer(module, params, tile=args.tile, overlap=args.overlap, dtype=args.dtype)
+    del params
+    image = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    out = deblurrer.deblur(image)
+    seconds = time.perf_counter() - start
+    assert out.shape == image.shape and out.dtype == np.uint8
+    return {"seconds_tiled_12mp": seconds, "tile": args.tile, "overlap": args.overlap,
+            "compilations_tiled": deblurrer.num_compilations}
+
+
+WORKERS = {"matmul": worker_matmul, "forward_720p": worker_forward, "tiled_12mp": worker_tiled}
+
+
+# ----------------------------------------------------------------------------- driver
+def _allocator_env(choice: str) -> tuple[dict, str]:
+    env = dict(os.environ)
+    preload = env.get("LD_PRELOAD", "")
+    if choice in ("tcmalloc", "auto") and Path(TCMALLOC).exists():
+        env["LD_PRELOAD"] = f"{TCMALLOC}:{preload}" if preload else TCMALLOC
+        return env, f"tcmalloc ({TCMALLOC})"
+    if choice == "tcmalloc":
+        raise SystemExit(f"--allocator tcmalloc: {TCMALLOC} not found (apt install libtcmalloc-minimal4)")
+    if "tcmalloc" in preload:
+        return env, f"tcmalloc (LD_PRELOAD={preload})"
+    return env, "glibc malloc"
+
+
+def _run_worker(name: str, args, env: dict) -> dict:
+    cmd = [sys.executable, str(HERE), "--worker", name, "--tile", str(args.tile),
+           "--overlap", str(args.overlap), "--repeats", str(args.repeats), "--dtype", args.dtype,
+           "--matmul_size", str(args.matmul_size), "--matmul_repeats", str(args.matmul_repeats)]
+    if args.ckpt:
+        cmd += ["--ckpt", args.ckpt]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    return json.loads(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--ckpt", help="export / workdir to load (default: random full-width params)")
+    parser.add_argument("--allocator", choices=("auto", "tcmalloc", "glibc"), default="auto")
+    parser.add_argument(
+        "--cpu_scheduler", choices=("memory", "concurrency"), default="memory",
+        help="XLA CPU scheduler: memory-minimising (aspdc_jax.inference.LOW_MEMORY_CPU_FLAG, "
+        "what the CLIs use) or XLA's default concurrency-optimised one",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed 720p forwards after compiling")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--matmul_repeats", type=int, default=10)
+    parser.add_argument("--skip_tiled", action="store_true", help="skip the 12 MP measurement")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        result["peak_rss_gib"] = _peak_rss_gib()
+        print(json.dumps(result))
+        return 0
+
+    env, allocator = _allocator_env("glibc" if args.allocator == "glibc" else args.allocator)
+    if args.allocator == "glibc":
+        env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if "tcmalloc" not in p)
+    if args.cpu_scheduler == "memory":
+        from aspdc_jax.inference import LOW_MEMORY_CPU_FLAG  # noqa: PLC0415
+
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {LOW_MEMORY_CPU_FLAG}".strip()
+    import jax  # noqa: PLC0415 (only for the device name)
+
+    device = jax.devices()[0]
+    info = {
+        "device": f"{device.platform}: {device.device_kind}",
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "allocator": allocator,
+        "cpu_scheduler": args.cpu_scheduler,
+        "xla_flags": env.get("XLA_FLAGS", ""),
+        "dtype": args.dtype,
+        "jax": jax.__version__,
+    }
+    # The matmul ceiling is measured before and after the forward (best of both), so a busy
+    # moment on a shared machine does not inflate the utilisation.
+    mm = _run_worker("matmul", args, env)
+    fw = _run_worker("forward_720p", args, env)
+    mm_after = _run_worker("matmul", args, env)
+    if mm_after["matmul_flops_per_s"] > mm["matmul_flops_per_s"]:
+        mm = mm_after
+    results = {
+        "seconds_720p": fw["seconds_720p"],
+        "utilization": fw["model_flops_per_s"] / mm["matmul_flops_per_s"],
+        "peak_rss_gib_720p": fw["peak_rss_gib"],
+        "peak_rss_gib_tiled_12mp": None,
+    }
+    details = {**info, **{k: v for k, v in mm.items()}, **{k: v for k, v in fw.items() if k != "peak_rss_gib"}}
+    if not args.skip_tiled:
+        tl = _run_worker("tiled_12mp", args, env)
+        results["peak_rss_gib_tiled_12mp"] = tl["peak_rss_gib"]
+        details.update({k: v for k, v in tl.items() if k != "peak_rss_gib"})
+    results["details"] = details
+
+    bars = {"utilization": (">=", 0.60), "peak_rss_gib_720p": ("<=", 2.1), "peak_rss_gib_tiled_12mp": ("<=", 4.0)}
+    print(f"device {info['device']}, {info['cpu_count']} cores, allocator: {allocator}, "
+          f"XLA CPU scheduler: {args.cpu_scheduler}, dtype {args.dtype}")
+    print(f"f32 matmul {mm['matmul_size']}^3: {mm['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"720p model: {fw['model_gflop_720p']:.1f} GFLOP, first call {fw['first_call_seconds_720p']:.1f} s")
+    print(f"{'measure':<26}{'value':>12}  bar")
+    print(f"{'seconds_720p':<26}{results['seconds_720p']:>12.3f}  (official PyTorch: 39.5 s)")
+    for key, (op, bar) in bars.items():
+        value = results[key]
+        if value is None:
+            print(f"{key:<26}{'skipped':>12}")
+            continue
+        ok = value >= bar if op == ">=" else value <= bar
+        print(f"{key:<26}{value:>12.3f}  {op} {bar}  {'ok' if ok else 'MISSED'}")
+    if results["peak_rss_gib_tiled_12mp"] is not None:
+        print(f"tiled 12MP: {details['seconds_tiled_12mp']:.1f} s (tile {args.tile}, overlap {args.overlap}, compilation included)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
