@@ -18,9 +18,10 @@ with ``.model.0`` -> ``conv1`` and ``.model.2`` -> ``conv2``). Conv weights OIHW
 ``kernel`` (kh, kw, in, out) (``w.transpose(2, 3, 0, 1)``, see
 ``aspdc_jax.models.layers.ConvTranspose2x``), biases ``bias``.
 
-DeblurNet (official ``DeblurringNet``); official groups ``en_res_group1``,
-``en_res_group2``, ``en_res_group3``, ``de_res_group3``, ``de_res_group2``,
-``de_res_group1`` are Flax ``group1`` .. ``group6`` in that (network) order:
+DeblurNet (official ``DeblurringNet``). The six body groups are one ``nn.scan`` in Flax, so
+every ``groups/...`` parameter is stacked along a leading axis; official groups
+``en_res_group1``, ``en_res_group2``, ``en_res_group3``, ``de_res_group3``,
+``de_res_group2``, ``de_res_group1`` are indices ``[0]`` .. ``[5]`` (network order):
 
 =================================================================  ===========================================
 official                                                           flax
@@ -28,8 +29,8 @@ official                                                           flax
 ``head.0``                                                         ``head_conv``
 ``head.2`` / ``head.3``                                            ``head_res1`` / ``head_res2``
 ``head.4`` / ``head.6``                                            ``down1`` / ``down2``
-``{g}_1.0`` / ``{g}_1.1``                                          ``group{k}/res1`` / ``group{k}/res2``
-``{g}_2.res_conv.0``                                               ``group{k}/aspdc/feature_conv``
+``{g}_1.0`` / ``{g}_1.1``                                          ``groups/res1[k]`` / ``groups/res2[k]``
+``{g}_2.res_conv.0``                                               ``groups/aspdc/feature_conv[k]``
 ``{g}_2.hallucination_d0.m_conv`` / ``.dconv``                     ``.../aspdc/branch_static/mask_conv`` / ``dcn``
 ``{g}_2.hallucination_d{1,2,3}.hallucination_conv.p_conv``         ``.../aspdc/branch_{d1,d2,d4}/offset_conv``
 ``{g}_2.hallucination_d{1,2,3}.hallucination_conv.m_conv``         ``.../aspdc/branch_{d1,d2,d4}/mask_conv``
@@ -311,77 +312,86 @@ OFFICIAL_DEBLUR_GROUPS = (
     "de_res_group1",
 )
 
-# (official module, flax module path, layer kind) with kind "conv" or "convT".
-_Entry = tuple[str, str, str]
+# (official module, flax module path, layer kind, index along the stacked group axis or
+# None) with kind "conv" or "convT".
+_Entry = tuple[str, str, str, "int | None"]
+#: One row per parameter: (official key, flax param path, transform, group index or None).
+TableRow = tuple[str, str, str, "int | None"]
 
 
-def _resblock(official: str, flax: str) -> list[_Entry]:
-    return [(f"{official}.model.0", f"{flax}/conv1", "conv"), (f"{official}.model.2", f"{flax}/conv2", "conv")]
+def _resblock(official: str, flax: str, index: int | None = None) -> list[_Entry]:
+    return [
+        (f"{official}.model.0", f"{flax}/conv1", "conv", index),
+        (f"{official}.model.2", f"{flax}/conv2", "conv", index),
+    ]
 
 
 def _deblur_modules() -> list[_Entry]:
-    entries: list[_Entry] = [("head.0", "head_conv", "conv")]
+    entries: list[_Entry] = [("head.0", "head_conv", "conv", None)]
     entries += _resblock("head.2", "head_res1") + _resblock("head.3", "head_res2")
-    entries += [("head.4", "down1", "conv"), ("head.6", "down2", "conv")]
+    entries += [("head.4", "down1", "conv", None), ("head.6", "down2", "conv", None)]
     for k, g in enumerate(OFFICIAL_DEBLUR_GROUPS):
-        fg = f"group{k + 1}"
-        entries += _resblock(f"{g}_1.0", f"{fg}/res1") + _resblock(f"{g}_1.1", f"{fg}/res2")
-        a, fa = f"{g}_2", f"{fg}/aspdc"
-        entries.append((f"{a}.res_conv.0", f"{fa}/feature_conv", "conv"))
-        entries.append((f"{a}.hallucination_d0.m_conv", f"{fa}/branch_static/mask_conv", "conv"))
-        entries.append((f"{a}.hallucination_d0.dconv", f"{fa}/branch_static/dcn", "conv"))
+        entries += _resblock(f"{g}_1.0", "groups/res1", k) + _resblock(f"{g}_1.1", "groups/res2", k)
+        a, fa = f"{g}_2", "groups/aspdc"
+        entries.append((f"{a}.res_conv.0", f"{fa}/feature_conv", "conv", k))
+        entries.append((f"{a}.hallucination_d0.m_conv", f"{fa}/branch_static/mask_conv", "conv", k))
+        entries.append((f"{a}.hallucination_d0.dconv", f"{fa}/branch_static/dcn", "conv", k))
         for i, d in ((1, "d1"), (2, "d2"), (3, "d4")):
             h = f"{a}.hallucination_d{i}.hallucination_conv"
-            entries.append((f"{h}.p_conv", f"{fa}/branch_{d}/offset_conv", "conv"))
-            entries.append((f"{h}.m_conv", f"{fa}/branch_{d}/mask_conv", "conv"))
-            entries.append((f"{h}.dconv", f"{fa}/branch_{d}/dcn", "conv"))
-        entries.append((f"{a}.mask_conv.0", f"{fa}/afim/conv", "conv"))
-        entries += _resblock(f"{a}.mask_conv.2", f"{fa}/afim/res1")
-        entries += _resblock(f"{a}.mask_conv.3", f"{fa}/afim/res2")
-        entries.append((f"{a}.mask_conv.4", f"{fa}/afim/logits", "conv"))
-        entries.append((f"{a}.fusion_conv", f"{fa}/fusion_conv", "conv"))
+            entries.append((f"{h}.p_conv", f"{fa}/branch_{d}/offset_conv", "conv", k))
+            entries.append((f"{h}.m_conv", f"{fa}/branch_{d}/mask_conv", "conv", k))
+            entries.append((f"{h}.dconv", f"{fa}/branch_{d}/dcn", "conv", k))
+        entries.append((f"{a}.mask_conv.0", f"{fa}/afim/conv", "conv", k))
+        entries += _resblock(f"{a}.mask_conv.2", f"{fa}/afim/res1", k)
+        entries += _resblock(f"{a}.mask_conv.3", f"{fa}/afim/res2", k)
+        entries.append((f"{a}.mask_conv.4", f"{fa}/afim/logits", "conv", k))
+        entries.append((f"{a}.fusion_conv", f"{fa}/fusion_conv", "conv", k))
     entries += [
-        ("dense_conv.0", "fuse_conv", "conv"),
-        ("tail.0", "up1", "convT"),
-        ("tail.2", "up2", "convT"),
-        ("tail.4", "tail_conv", "conv"),
+        ("dense_conv.0", "fuse_conv", "conv", None),
+        ("tail.0", "up1", "convT", None),
+        ("tail.2", "up2", "convT", None),
+        ("tail.4", "tail_conv", "conv", None),
     ]
     return entries
 
 
 def _reblur_modules() -> list[_Entry]:
-    entries: list[_Entry] = [("head_conv.0", "head_conv", "conv"), ("kernel_head_conv", "kernel_head", "conv")]
+    entries: list[_Entry] = [
+        ("head_conv.0", "head_conv", "conv", None),
+        ("kernel_head_conv", "kernel_head", "conv", None),
+    ]
     for i in (1, 2, 3):
-        entries.append((f"body_conv_{i}.0", f"enc{i}/down", "conv"))
+        entries.append((f"body_conv_{i}.0", f"enc{i}/down", "conv", None))
         entries += _resblock(f"body_conv_{i}.1", f"enc{i}/res")
-        entries.append((f"kernel_conv_{i}", f"kernel_enc{i}", "conv"))
+        entries.append((f"kernel_conv_{i}", f"kernel_enc{i}", "conv", None))
     for i in (3, 2, 1):
         entries += _resblock(f"body_dconv_{i}.0", f"dec{i}/res")
-        entries.append((f"body_dconv_{i}.1", f"dec{i}/up", "convT"))
-        entries.append((f"kernel_dconv_{i}", f"kernel_dec{i}", "conv"))
-    entries.append(("tail", "tail_conv", "conv"))
+        entries.append((f"body_dconv_{i}.1", f"dec{i}/up", "convT", None))
+        entries.append((f"kernel_dconv_{i}", f"kernel_dec{i}", "conv", None))
+    entries.append(("tail", "tail_conv", "conv", None))
     return entries
 
 
-def _expand(modules: list[_Entry]) -> list[tuple[str, str, str]]:
-    """Module entries -> parameter entries (official key, flax path, transform)."""
+def _expand(modules: list[_Entry]) -> list[TableRow]:
+    """Module entries -> parameter rows (official key, flax path, transform, index)."""
     table = []
-    for official, flax, kind in modules:
-        table.append((f"{official}.weight", f"{flax}/kernel", kind))
-        table.append((f"{official}.bias", f"{flax}/bias", "bias"))
+    for official, flax, kind, index in modules:
+        table.append((f"{official}.weight", f"{flax}/kernel", kind, index))
+        table.append((f"{official}.bias", f"{flax}/bias", "bias", index))
     return table
 
 
-def deblur_key_table() -> list[tuple[str, str, str]]:
-    """``(official key, flax param path, transform)`` for every DeblurNet parameter.
+def deblur_key_table() -> list[TableRow]:
+    """``(official key, flax param path, transform, index)`` for every DeblurNet parameter.
 
-    transform: ``"conv"`` (OIHW <-> HWIO), ``"convT"`` (IOHW <-> HW-IO) or ``"bias"``.
+    transform: ``"conv"`` (OIHW <-> HWIO), ``"convT"`` (IOHW <-> HW-IO) or ``"bias"``;
+    index: position along the leading (stacked) axis of the ``groups/...`` params, or None.
     """
     return _expand(_deblur_modules())
 
 
-def reblur_key_table() -> list[tuple[str, str, str]]:
-    """``(official key, flax param path, transform)`` for every ReblurNet parameter."""
+def reblur_key_table() -> list[TableRow]:
+    """``(official key, flax param path, transform, None)`` for every ReblurNet parameter."""
     return _expand(_reblur_modules())
 
 
@@ -419,29 +429,33 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
 
 def _convert(
     sd: Mapping[str, np.ndarray],
-    table: list[tuple[str, str, str]],
+    table: list[TableRow],
     expected: Mapping[str, tuple[int, ...]],
     what: str,
 ) -> dict[str, Any]:
-    table_paths = {flax for _, flax, _ in table}
+    table_paths = {flax for _, flax, _, _ in table}
     if table_paths != set(expected):  # a programming error, not a user error
         raise AssertionError(f"{what}: mapping table and module disagree: {sorted(table_paths ^ set(expected))}")
-    known = {official for official, _, _ in table}
-    missing = [official for official, _, _ in table if official not in sd]
+    known = {official for official, _, _, _ in table}
+    missing = [official for official, _, _, _ in table if official not in sd]
     unexpected = sorted(k for k in sd if k not in known)
     mis_shaped = []
-    params: dict[str, Any] = {}
-    for official, flax, transform in table:
+    flat: dict[str, np.ndarray] = {}
+    for official, flax, transform, index in table:
         if official not in sd:
             continue
         array = np.asarray(sd[official])
-        want = tuple(expected[flax])
+        want = tuple(expected[flax])[0 if index is None else 1 :]
         got = _to_flax(array, transform).shape if array.ndim == len(want) else None
         if got != want:
             want_official = _to_official(np.empty(want, np.uint8), transform).shape
             mis_shaped.append(f"{official}: expected {want_official}, got {tuple(array.shape)}")
             continue
-        _set(params, flax, np.ascontiguousarray(_to_flax(array, transform)).astype(np.float32))
+        value = np.ascontiguousarray(_to_flax(array, transform)).astype(np.float32)
+        if index is None:
+            flat[flax] = value
+        else:  # a slice of a stacked group parameter
+            flat.setdefault(flax, np.zeros(expected[flax], np.float32))[index] = value
     if missing or unexpected or mis_shaped:
         lines = [f"the state dict does not match {what}:"]
         if missing:
@@ -451,6 +465,9 @@ def _convert(
         if mis_shaped:
             lines.append(f"  mis-shaped keys ({len(mis_shaped)}): " + "; ".join(mis_shaped))
         raise ConversionError("\n".join(lines))
+    params: dict[str, Any] = {}
+    for path, value in flat.items():
+        _set(params, path, value)
     return params
 
 
@@ -496,15 +513,19 @@ def reblur_from_official(sd: Mapping[str, np.ndarray]) -> tuple[ReblurNet, dict[
     return net, params
 
 
-def _from_flax(params: Mapping[str, Any], table: list[tuple[str, str, str]]) -> dict[str, np.ndarray]:
+def _from_flax(params: Mapping[str, Any], table: list[TableRow]) -> dict[str, np.ndarray]:
     flat = dict(_flat(params))
-    missing = [flax for _, flax, _ in table if flax not in flat]
+    missing = [flax for _, flax, _, _ in table if flax not in flat]
     if missing:
         raise ConversionError(
             "params are not those of the official architecture (6 groups, branches static, "
             f"d1, d2, d4, AFIM); missing: {', '.join(missing[:10])}"
         )
-    return {official: _to_official(np.asarray(flat[flax]), t) for official, flax, t in table}
+    out = {}
+    for official, flax, transform, index in table:
+        value = np.asarray(flat[flax])
+        out[official] = _to_official(value if index is None else value[index], transform)
+    return out
 
 
 def deblur_to_official(params: Mapping[str, Any]) -> dict[str, np.ndarray]:

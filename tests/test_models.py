@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from aspdc_jax.models import (
+    ABLATIONS,
     ASPDC,
     ConvTranspose2x,
     DeblurNet,
@@ -18,6 +19,7 @@ from aspdc_jax.models import (
     DeblurOutput,
     ReblurNet,
     ResBlock,
+    init_params,
     model_config_dict,
     model_from_config,
 )
@@ -76,48 +78,59 @@ def test_param_tree_reads_like_the_paper() -> None:
     params = jax.eval_shape(DeblurNet(width=4).init, KEY, x)["params"]
     assert set(params) == {
         "head_conv", "head_res1", "head_res2", "down1", "down2",
-        *(f"group{k}" for k in range(1, 7)),
+        "groups",
         "fuse_conv", "up1", "up2", "tail_conv",
     }  # fmt: skip
-    aspdc = params["group3"]["aspdc"]
+    aspdc = params["groups"]["aspdc"]
     assert set(aspdc) == {
         "feature_conv", "branch_static", "branch_d1", "branch_d2", "branch_d4", "afim", "fusion_conv"
     }
     assert set(aspdc["branch_static"]) == {"mask_conv", "dcn"}
     assert set(aspdc["branch_d2"]) == {"offset_conv", "mask_conv", "dcn"}
-    assert aspdc["branch_d2"]["offset_conv"]["kernel"].shape == (3, 3, 16, 18)
+    assert aspdc["branch_d2"]["offset_conv"]["kernel"].shape == (6, 3, 3, 16, 18)
     assert set(aspdc["afim"]) == {"conv", "res1", "res2", "logits"}
-    assert aspdc["afim"]["logits"]["kernel"].shape == (1, 1, 16, 4)
+    assert aspdc["afim"]["logits"]["kernel"].shape == (6, 1, 1, 16, 4)
     assert params["up1"]["kernel"].shape == (3, 3, 16, 8)
 
 
 # ---------------------------------------------------------------- Table 5 ablation knobs
 
-TABLE5 = [
-    # (overrides of config.model, n_branches, offset channels)
-    ({"branches": ("static",)}, 1, 0),
-    ({"branches": ("d1",)}, 1, 18),
-    ({"branches": ("d2",)}, 1, 18),
-    ({"branches": ("d4",)}, 1, 18),
-    ({"branches": ("d1",), "branch_repeat": 3}, 3, 54),
-    ({"branches": ("d2",), "branch_repeat": 3}, 3, 54),
-    ({"branches": ("d4",), "branch_repeat": 3}, 3, 54),
-    ({"branches": ("d1", "d2", "d4")}, 3, 54),
-    ({"branches": ("static", "d1", "d2", "d4"), "fusion": "sum"}, 4, 54),
-    ({}, 4, 54),
-]
+TABLE5 = {
+    # ABLATIONS name: (n_branches, offset channels)
+    "static": (1, 0),
+    "d1": (1, 18),
+    "d2": (1, 18),
+    "d4": (1, 18),
+    "d1_x3": (3, 54),
+    "d2_x3": (3, 54),
+    "d4_x3": (3, 54),
+    "d1_d2_d4": (3, 54),
+    "static_d1_d2_d4_sum": (4, 54),
+    "full": (4, 54),
+}
 
 
-@pytest.mark.parametrize("overrides,n_branches,n_offsets", TABLE5)
-def test_table5_variants_shapes(overrides, n_branches, n_offsets) -> None:
-    cfg = {"deblur_width": 4, "num_groups": 2, **overrides}
+def test_ablation_table_is_covered() -> None:
+    assert set(ABLATIONS) == set(TABLE5)
+    assert model_from_config(ABLATIONS["full"])[0] == DeblurNet()
+
+
+@pytest.mark.parametrize("name", sorted(TABLE5))
+def test_table5_variants_shapes(name) -> None:
+    from configs.default import get_config
+
+    n_branches, n_offsets = TABLE5[name]
+    config = get_config()
+    config.model.update(ABLATIONS[name])
+    config.model.update({"deblur_width": 4, "num_groups": 2})
+    cfg = config.model.to_dict()
     deblur, _ = model_from_config(cfg)
     x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
     variables, out = _shapes(deblur, x)
     assert len(out.offsets) == 2
     assert all(o.shape == (1, 4, 4, n_offsets) for o in out.offsets)
     assert all(a.shape == (1, 4, 4, n_branches) for a in out.attention)
-    aspdc = variables["params"]["group1"]["aspdc"]
+    aspdc = variables["params"]["groups"]["aspdc"]
     branches = [k for k in aspdc if k.startswith("branch_")]
     assert len(branches) == n_branches
     assert ("afim" in aspdc) == (cfg.get("fusion", "afim") == "afim")
@@ -296,3 +309,25 @@ def test_full_width_forward_compiles_in_under_a_minute() -> None:
     start = time.perf_counter()
     jax.jit(lambda v, x: net.apply(v, x).deblurred).lower(variables, x).compile()
     assert time.perf_counter() - start < 60
+
+
+# ---------------------------------------------------------------- fast init
+
+
+@pytest.mark.parametrize("zero_init", [False, True])
+def test_init_params_has_the_init_tree_and_distribution(zero_init) -> None:
+    x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    net = DeblurNet(width=8, num_groups=2, zero_init_offsets=zero_init)
+    params = init_params(net, jax.random.key(1), x)
+    reference = jax.eval_shape(net.init, KEY, x)["params"]
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(reference)
+    jax.tree_util.tree_map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or pytest.fail(), params, reference)
+    groups = params["groups"]
+    kernel = np.asarray(groups["res1"]["conv1"]["kernel"])  # (2, 3, 3, 32, 32)
+    assert abs(kernel.std() / np.sqrt(2 / (9 * 64)) - 1) < 0.05
+    assert not np.allclose(kernel[0], kernel[1])  # groups differ
+    assert not np.asarray(groups["res1"]["conv1"]["bias"]).any()
+    offset_kernel = np.asarray(groups["aspdc"]["branch_d1"]["offset_conv"]["kernel"])
+    assert (not offset_kernel.any()) == zero_init
+    rparams = init_params(ReblurNet(width=4), jax.random.key(1), x, x)
+    assert _count(rparams) == _count(jax.eval_shape(ReblurNet(width=4).init, KEY, x, x))

@@ -16,7 +16,13 @@ from aspdc_jax.models.aspdc import validate_branches
 from aspdc_jax.models.deblur_net import DeblurNet
 from aspdc_jax.models.reblur_net import ReblurNet
 
-__all__ = ["MODEL_CONFIG_DEFAULTS", "MODEL_CONFIG_KEYS", "model_config_dict", "model_from_config"]
+__all__ = [
+    "ABLATIONS",
+    "MODEL_CONFIG_DEFAULTS",
+    "MODEL_CONFIG_KEYS",
+    "model_config_dict",
+    "model_from_config",
+]
 
 #: The paper's networks; a model config may omit any of these keys.
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -30,6 +36,22 @@ MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
     "remat": False,
 }
 MODEL_CONFIG_KEYS: tuple[str, ...] = tuple(MODEL_CONFIG_DEFAULTS)
+
+#: ASPDC ablations (paper Table 5) as overrides of ``config.model``; everything else as in
+#: the paper. Apply with e.g. ``config.model.update(ABLATIONS["d2_x3"])`` or on the command
+#: line ``--config.model.branches='("d2",)' --config.model.branch_repeat=3``.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "static": {"branches": ("static",)},
+    "d1": {"branches": ("d1",)},
+    "d2": {"branches": ("d2",)},
+    "d4": {"branches": ("d4",)},
+    "d1_x3": {"branches": ("d1",), "branch_repeat": 3},
+    "d2_x3": {"branches": ("d2",), "branch_repeat": 3},
+    "d4_x3": {"branches": ("d4",), "branch_repeat": 3},
+    "d1_d2_d4": {"branches": ("d1", "d2", "d4")},
+    "static_d1_d2_d4_sum": {"branches": ("static", "d1", "d2", "d4"), "fusion": "sum"},
+    "full": {"branches": ("static", "d1", "d2", "d4"), "fusion": "afim"},  # the paper's model
+}
 
 
 def _positive_int(cfg: Mapping[str, Any], key: str) -> int:

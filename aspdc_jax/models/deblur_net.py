@@ -3,7 +3,8 @@
 Parameter tree (width w; names follow the paper, official names in ``aspdc_jax.convert``)::
 
     head_conv (3->w), head_res1, head_res2 (ResBlock w), down1 (w->2w, s2), down2 (2w->4w, s2)
-    group1 .. group{num_groups}: res1, res2 (ResBlock 4w), aspdc (ASPDC 4w)
+    groups: res1, res2 (ResBlock 4w), aspdc (ASPDC 4w); every leaf stacked along a leading
+            axis of length num_groups (group k of the network is index k)
     fuse_conv (num_groups*4w -> 4w)
     up1 (ConvTranspose 4w->2w), up2 (2w->w), tail_conv (w->3)
 """
@@ -48,7 +49,11 @@ class DeblurOutput:
 
 
 class DeblurGroup(nn.Module):
-    """One body group: ``ASPDC(res2(res1(x)))``; returns ``(out, offsets, attention)``."""
+    """One body group, ``ASPDC(res2(res1(x)))``, written as an ``nn.scan`` cell.
+
+    Call: ``x`` ``(B, h, w, 4w)`` -> ``(out, (out, offsets, attention))``: the carry for the
+    next group and this group's outputs (see :class:`~aspdc_jax.models.ASPDC`).
+    """
 
     branches: tuple[str, ...] = ("static", "d1", "d2", "d4")
     branch_repeat: int = 1
@@ -57,7 +62,7 @@ class DeblurGroup(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
         x = ResBlock(dtype=self.dtype, name="res1")(x)
         x = ResBlock(dtype=self.dtype, name="res2")(x)
         out, offsets, attention = ASPDC(
@@ -68,8 +73,7 @@ class DeblurGroup(nn.Module):
             dtype=self.dtype,
             name="aspdc",
         )(x)
-        self.sow("intermediates", "aspdc_out", out)
-        return out, offsets, attention
+        return out, (out, offsets, attention)
 
 
 class DeblurNet(nn.Module):
@@ -82,14 +86,15 @@ class DeblurNet(nn.Module):
       branch_repeat: copies of each branch, separate weights (Table 5's "x3": 3).
       fusion: ``"afim"`` (attention fusion) or ``"sum"`` (plain sum, no attention).
       zero_init_offsets: zero-initialise the offset / mask predictors (default Xavier).
-      remat: rematerialise each body group in the backward pass (``nn.remat``) to save
-        training memory; the forward result and the parameter tree are unchanged.
+      remat: rematerialise each body group in the backward pass (``nn.remat`` inside the
+        scan over groups) to save training memory; the forward result and the parameter
+        tree are unchanged.
       dtype: computation dtype (params stay float32).
 
     Call: ``DeblurNet()(x)`` with x ``(B, H, W, 3)`` float in [-1, 1], H and W divisible
-    by 4; returns a :class:`DeblurOutput`. Each ASPDC output is also sown into the
-    ``"intermediates"`` collection at ``group{k}/aspdc_out`` (ask with
-    ``mutable=["intermediates"]``).
+    by 4; returns a :class:`DeblurOutput`. The ASPDC outputs are also sown into the
+    ``"intermediates"`` collection as ``aspdc_out``, one array ``(num_groups, B, H/4, W/4,
+    4w)`` (ask with ``mutable=["intermediates"]``).
     """
 
     width: int = 32
@@ -128,28 +133,36 @@ class DeblurNet(nn.Module):
         h = lrelu(conv3(2 * w, stride=2, name="down1", dtype=dt)(h))
         h = lrelu(conv3(4 * w, stride=2, name="down2", dtype=dt)(h))
 
-        group_cls = nn.remat(DeblurGroup) if self.remat else DeblurGroup
-        features, offsets, attention = [], [], []
-        for k in range(self.num_groups):
-            h, off, att = group_cls(
-                branches=branches,
-                branch_repeat=self.branch_repeat,
-                fusion=self.fusion,
-                zero_init_offsets=self.zero_init_offsets,
-                dtype=dt,
-                name=f"group{k + 1}",
-            )(h)
-            features.append(h)
-            offsets.append(off)
-            attention.append(att)
+        # The groups are identical, so they run as one nn.scan (params stacked along a
+        # leading num_groups axis): a 6x smaller program, and with remat the backward
+        # recomputes one group at a time inside the loop, which XLA cannot hoist.
+        cell = nn.remat(DeblurGroup, prevent_cse=False) if self.remat else DeblurGroup
+        groups = nn.scan(
+            cell,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=self.num_groups,
+        )(
+            branches=branches,
+            branch_repeat=self.branch_repeat,
+            fusion=self.fusion,
+            zero_init_offsets=self.zero_init_offsets,
+            dtype=dt,
+            name="groups",
+        )
+        _, (features, offsets, attention) = groups(h)  # each (num_groups, B, h, w, ...)
+        self.sow("intermediates", "aspdc_out", features)
+        # concat of the group outputs along channels, group-major (official dense_conv input)
+        b, hh, ww, c = features.shape[1:]
+        dense = jnp.moveaxis(features, 0, -2).reshape(b, hh, ww, self.num_groups * c)
 
-        h = lrelu(conv3(4 * w, name="fuse_conv", dtype=dt)(jnp.concatenate(features, axis=-1)))
+        h = lrelu(conv3(4 * w, name="fuse_conv", dtype=dt)(dense))
         h = lrelu(ConvTranspose2x(2 * w, dtype=dt, name="up1")(h))
         h = lrelu(ConvTranspose2x(w, dtype=dt, name="up2")(h))
         residual = conv3(3, name="tail_conv", dtype=dt)(h)
         return DeblurOutput(
             deblurred=rgb + residual,
             residual=residual,
-            offsets=tuple(offsets),
-            attention=tuple(attention),
+            offsets=tuple(offsets[k] for k in range(self.num_groups)),
+            attention=tuple(attention[k] for k in range(self.num_groups)),
         )
