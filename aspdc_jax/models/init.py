@@ -56,17 +56,21 @@ def init_params(module: nn.Module, rng: jax.Array, *inputs: Any) -> PyTree:
             xavier.append(i)
         else:
             raise ValueError(f"init_params does not know how to initialise {'/'.join(path)} {leaf.shape}")
-    total = sum(int(np.prod(leaves[i][1].shape)) for i in xavier)
-    # One random call for all kernels: a single RNG fusion to compile.
-    normal = np.asarray(jax.jit(jax.random.normal, static_argnums=1)(rng, (max(total, 1),)))
-    values = [np.zeros(leaf.shape, np.float32) for _, leaf in leaves]
-    offset = 0
-    for i in xavier:
-        shape = tuple(leaves[i][1].shape)
-        kh, kw, fan_in, fan_out = shape[-4:]
-        size = int(np.prod(shape))
-        std = np.sqrt(2.0 / (kh * kw * (fan_in + fan_out)))
-        values[i] = (normal[offset : offset + size].reshape(shape) * std).astype(np.float32)
-        offset += size
-    values = [jnp.asarray(v) for v in values]
+    sizes = {i: int(np.prod(leaves[i][1].shape)) for i in xavier}
+    total = max(sum(sizes.values()), 1)
+
+    def make(key: jax.Array) -> list[jax.Array]:
+        # One random call for all kernels: a single RNG fusion to compile.
+        normal = jax.random.normal(key, (total,), jnp.float32)
+        values = [jnp.zeros(leaf.shape, jnp.float32) for _, leaf in leaves]
+        offset = 0
+        for i in xavier:
+            shape = tuple(leaves[i][1].shape)
+            kh, kw, fan_in, fan_out = shape[-4:]
+            std = float(np.sqrt(2.0 / (kh * kw * (fan_in + fan_out))))
+            values[i] = normal[offset : offset + sizes[i]].reshape(shape) * std
+            offset += sizes[i]
+        return values
+
+    values = jax.jit(make)(rng)
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), values)
