@@ -24,6 +24,7 @@ With zero offsets and no mask the result is exactly a dense convolution.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,63 +138,166 @@ def _corner_table(image: jax.Array, groups: int) -> jax.Array:
     return jnp.concatenate([rows, jnp.zeros((groups, 1, 4 * cpg), image.dtype)], axis=1)
 
 
-def _sample_one(
-    image: jax.Array,  # (H, W, C)
+def _sampling_plan(
     offsets: jax.Array,  # (Ho, Wo, G*K*2)
     mask: jax.Array | None,  # (Ho, Wo, G*K)
     *,
+    in_hw: tuple[int, int],
     kernel_size: int,
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
     coord_dtype: Any,
-) -> jax.Array:
-    """Bilinearly samples one image at every tap: returns (Ho*Wo, K*C), K = k*k."""
-    height, width, channels = image.shape
+) -> tuple[jax.Array, jax.Array]:
+    """Table rows and corner weights of every tap of one image.
+
+    Returns:
+      rows: ``(G, Ho*Wo*K)`` int32 indices into that group's corner table.
+      weight: ``(G, Ho*Wo*K, 4)`` bilinear weight of each corner times the mask.
+    """
+    height, width = in_hw
     out_h, out_w, _ = offsets.shape
     taps = kernel_size * kernel_size
-    cpg = channels // groups
-
     ky, kx = jnp.divmod(jnp.arange(taps), kernel_size)
     base_y = (jnp.arange(out_h) * stride[0] - padding[0])[:, None] + ky * dilation[0]
     base_x = (jnp.arange(out_w) * stride[1] - padding[1])[:, None] + kx * dilation[1]
     off = offsets.astype(coord_dtype).reshape(out_h, out_w, groups, taps, 2)
     py = base_y.astype(coord_dtype)[:, None, None, :] + off[..., 0]  # (Ho, Wo, G, K)
     px = base_x.astype(coord_dtype)[None, :, None, :] + off[..., 1]
-
     y0f = jnp.floor(py)
     x0f = jnp.floor(px)
     ly = py - y0f
     lx = px - x0f
     hy = 1 - ly
     hx = 1 - lx
-    # (Ho, Wo, G, K, 4) bilinear weights of the corners in table-row order. Corners
-    # outside the image read zeros, so a point with py <= -1 (etc.) gives exactly 0; the
-    # coordinate gradient is torchvision's floor-based one.
-    weight = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1)
+    # Corners outside the image read zeros, so a point with py <= -1 (etc.) gives exactly
+    # 0; the coordinate gradient is torchvision's floor-based one.
+    weight = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1)  # (Ho, Wo, G, K, 4)
     if mask is not None:
         weight = weight * mask.astype(coord_dtype).reshape(out_h, out_w, groups, taps, 1)
     y0 = y0f.astype(jnp.int32)
     x0 = x0f.astype(jnp.int32)
     inside = (y0 >= -1) & (y0 < height) & (x0 >= -1) & (x0 < width)
-    row = jnp.where(inside, (y0 + 1) * (width + 1) + (x0 + 1), (height + 1) * (width + 1))
-
-    table = _corner_table(image, groups)  # (G, R, 4*C/G)
-    row = jnp.moveaxis(row, 2, 0).reshape(groups, out_h * out_w * taps)
+    rows = jnp.where(inside, (y0 + 1) * (width + 1) + (x0 + 1), (height + 1) * (width + 1))
+    rows = jnp.moveaxis(rows, 2, 0).reshape(groups, out_h * out_w * taps)
     weight = jnp.moveaxis(weight, 2, 0).reshape(groups, out_h * out_w * taps, 4)
-    corners = jax.vmap(lambda t, r: jnp.take(t, r, axis=0, mode="clip"))(table, row)
-    accum = jnp.promote_types(image.dtype, jnp.float32)
+    return rows, weight
+
+
+def _blend(corners: jax.Array, weight: jax.Array, accum: Any) -> jax.Array:
+    """(..., 4*Cg) corner rows x (..., 4) weights -> (..., Cg) bilinear samples."""
+    cpg = corners.shape[-1] // 4
     weight = weight.astype(accum)
-    # Blend as four explicit slices: XLA fuses the gather into this elementwise loop.
-    sampled = sum(
+    # Four explicit slices: XLA fuses the gather that produced `corners` into this loop.
+    return sum(
         corners[..., q * cpg : (q + 1) * cpg].astype(accum) * weight[..., q : q + 1]
         for q in range(4)
-    )  # (G, Ho*Wo*K, C/G)
-    sampled = sampled.reshape(groups, out_h * out_w, taps, cpg)
-    if groups > 1:
-        sampled = jnp.moveaxis(sampled, 0, 2)  # (Ho*Wo, K, G, C/G): c = g * C/G + c'
-    return sampled.astype(image.dtype).reshape(out_h * out_w, taps * channels)
+    )
+
+
+def _deformable_sample_impl(
+    inputs: jax.Array, offsets: jax.Array, mask: jax.Array | None, geometry: tuple
+) -> jax.Array:
+    """(B, H, W, C) -> (B, Ho*Wo, K*C) samples of every tap (channel order c = g*Cg + c')."""
+    kernel_size, stride, padding, dilation, groups = geometry
+    batch, height, width, channels = inputs.shape
+    _, out_h, out_w, _ = offsets.shape
+    taps = kernel_size * kernel_size
+    cpg = channels // groups
+    accum = jnp.promote_types(inputs.dtype, jnp.float32)
+    coord_dtype = jnp.promote_types(offsets.dtype, jnp.float32)
+
+    def one(image, off, m):
+        rows, weight = _sampling_plan(
+            off, m, in_hw=(height, width), kernel_size=kernel_size, stride=stride,
+            padding=padding, dilation=dilation, groups=groups, coord_dtype=coord_dtype,
+        )
+        table = _corner_table(image, groups)  # (G, R, 4*Cg)
+        if groups == 1:
+            corners = jnp.take(table[0], rows[0], axis=0, mode="clip")
+            # (Ho*Wo*K, C): keep C innermost and the shape 2-D, so the fused gather loop
+            # does no per-element index arithmetic (a 3-D root shape costs ~2x here).
+            return _blend(corners, weight[0], accum).astype(inputs.dtype)
+        corners = jax.vmap(lambda t, r: jnp.take(t, r, axis=0, mode="clip"))(table, rows)
+        sampled = _blend(corners, weight, accum).astype(inputs.dtype)  # (G, Ho*Wo*K, Cg)
+        return jnp.moveaxis(sampled, 0, 1).reshape(out_h * out_w * taps, channels)
+
+    sampled = jax.vmap(one, in_axes=(0, 0, None if mask is None else 0))(inputs, offsets, mask)
+    return sampled.reshape(batch, out_h * out_w, taps * channels)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _deformable_sample(
+    inputs: jax.Array, offsets: jax.Array, mask: jax.Array | None, geometry: tuple
+) -> jax.Array:
+    return _deformable_sample_impl(inputs, offsets, mask, geometry)
+
+
+def _deformable_sample_fwd(inputs, offsets, mask, geometry):
+    return _deformable_sample_impl(inputs, offsets, mask, geometry), (inputs, offsets, mask)
+
+
+def _deformable_sample_bwd(geometry, residuals, d_sampled):
+    """Hand-written backward over flat row indices (one scatter-add, one gather-dot).
+
+    The samples are recomputed from the image rather than stored, so a deformable conv
+    keeps only its inputs for the backward pass.
+    """
+    inputs, offsets, mask = residuals
+    kernel_size, stride, padding, dilation, groups = geometry
+    batch, height, width, channels = inputs.shape
+    _, out_h, out_w, _ = offsets.shape
+    taps = kernel_size * kernel_size
+    cpg = channels // groups
+    per_image = out_h * out_w * taps
+    table_rows = (height + 1) * (width + 1) + 1
+    accum = jnp.promote_types(inputs.dtype, jnp.float32)
+    coord_dtype = jnp.promote_types(offsets.dtype, jnp.float32)
+
+    def plan(off, m):
+        return jax.vmap(
+            lambda o, mm: _sampling_plan(
+                o, mm, in_hw=(height, width), kernel_size=kernel_size, stride=stride,
+                padding=padding, dilation=dilation, groups=groups, coord_dtype=coord_dtype,
+            ),
+            in_axes=(0, None if m is None else 0),
+        )(off, m)
+
+    (rows, weight), plan_vjp = _vjp_with_int_output(plan, offsets, mask)
+    # Flat row index over (batch, group) tables: table (B*G*R, 4*Cg).
+    base = (jnp.arange(batch * groups, dtype=jnp.int32) * table_rows).reshape(batch, groups, 1)
+    flat_rows = (rows + base).reshape(-1)  # (M,), M = B*G*Ho*Wo*K
+    weight = weight.reshape(-1, 4)
+
+    # d_sampled (B, Ho*Wo, K*C) -> (B, G, Ho*Wo*K, Cg) -> (M, Cg)
+    d = d_sampled.astype(accum).reshape(batch, out_h * out_w, taps, groups, cpg)
+    d = jnp.moveaxis(d, 3, 1).reshape(-1, cpg)
+
+    tables, table_vjp = jax.vjp(lambda x: jax.vmap(lambda im: _corner_table(im, groups))(x), inputs)
+    flat_table = tables.reshape(batch * groups * table_rows, 4 * cpg)
+    corners = flat_table[flat_rows].astype(accum).reshape(-1, 4, cpg)
+    d_weight = jnp.einsum("mqc,mc->mq", corners, d, preferred_element_type=accum)
+    d_offsets, d_mask = plan_vjp(d_weight.reshape(batch, groups, per_image, 4).astype(weight.dtype))
+
+    updates = (weight.astype(accum)[:, :, None] * d[:, None, :]).reshape(-1, 4 * cpg)
+    d_table = jnp.zeros(flat_table.shape, accum).at[flat_rows].add(updates)
+    (d_inputs,) = table_vjp(d_table.astype(tables.dtype).reshape(tables.shape))
+    return (
+        d_inputs.astype(inputs.dtype),
+        d_offsets.astype(offsets.dtype),
+        None if mask is None else d_mask.astype(mask.dtype),
+    )
+
+
+def _vjp_with_int_output(plan, offsets, mask):
+    """vjp of ``plan`` whose first output (row indices) is integer: pulls back the weights."""
+    rows, weight = plan(offsets, mask)
+    _, pullback = jax.vjp(lambda o, m: plan(o, m)[1], offsets, mask)
+    return (rows, weight), pullback
+
+
+_deformable_sample.defvjp(_deformable_sample_fwd, _deformable_sample_bwd)
 
 
 def _sample_grid_one(
@@ -300,11 +404,9 @@ def deform_conv2d(
             in_axes=(0, mask_axis),
         )(inputs, mask)
     else:
-        coord_dtype = jnp.promote_types(offsets.dtype, jnp.float32)
-        sampled = jax.vmap(
-            lambda image, off, m: _sample_one(image, off, m, coord_dtype=coord_dtype, **geometry),
-            in_axes=(0, 0, mask_axis),
-        )(inputs, offsets, mask)  # (B, Ho*Wo, K*C)
+        sampled = _deformable_sample(
+            inputs, offsets, mask, (kernel_size, stride_, padding_, dilation_, offset_groups)
+        )  # (B, Ho*Wo, K*C)
     out = jnp.einsum(
         "bpj,jo->bpo",
         sampled,
