@@ -61,11 +61,13 @@ def read_image(path: str | Path) -> LoadedImage:
     notes: list[str] = []
     try:
         with Image.open(path) as im:
+            rawmodes = [str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in (im.tile or [])]
             im.load()  # decode now, so truncation is detected here
-            transposed = ImageOps.exif_transpose(im)
-            if transposed is not im:
+            if im.mode in ("RGB", "RGBA") and any(";16" in r for r in rawmodes):
+                notes.append(f"16-bit {im.mode} reduced to 8 bit by Pillow (high byte)")
+            if im.getexif().get(0x0112, 1) not in (0, 1):  # EXIF Orientation
+                im = ImageOps.exif_transpose(im)
                 notes.append("EXIF orientation applied")
-            im = transposed
             mode = im.mode
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"first of {im.n_frames} frames used")
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
-        "--tile", type=int, default=1024,
+        "--tile", type=int, default=1280,
         help="images with a side larger than this are deblurred in overlapping tiles of this "
         "size (multiple of 4; bounds memory); 0 disables tiling (default: %(default)s)",
     )

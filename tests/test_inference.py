@@ -152,6 +152,22 @@ def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def _png16_rgb(path, array: np.ndarray) -> None:
+    """Writes a 16-bit RGB PNG by hand (Pillow cannot write one)."""
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = array.shape
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
 def test_read_image_conversions(tmp_path):
     rng = np.random.default_rng(5)
     gray = rng.integers(0, 256, (9, 7), dtype=np.uint8)
@@ -163,6 +179,11 @@ def test_read_image_conversions(tmp_path):
     loaded = read_image(tmp_path / "deep.png")
     assert loaded.rgb.dtype == np.uint8 and np.array_equal(loaded.rgb[..., 0], gray)
     assert any("16-bit" in n for n in loaded.notes)
+    deep_rgb = rng.integers(0, 65536, (6, 5, 3)).astype(np.uint16)
+    _png16_rgb(tmp_path / "deep_rgb.png", deep_rgb)
+    loaded = read_image(tmp_path / "deep_rgb.png")
+    assert np.array_equal(loaded.rgb, (deep_rgb >> 8).astype(np.uint8))
+    assert loaded.notes == ["16-bit RGB reduced to 8 bit by Pillow (high byte)"]
     rgba = rng.integers(0, 256, (9, 7, 4), dtype=np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
     loaded = read_image(tmp_path / "rgba.png")
