@@ -290,7 +290,8 @@ def test_deblur_rejects_bad_shapes(shape) -> None:
 
 
 @pytest.mark.parametrize(
-    "shapes", [((1, 36, 32, 3), (1, 36, 32, 3)), ((1, 32, 32, 3), (1, 32, 40, 3))]
+    "shapes",
+    [((1, 36, 32, 3), (1, 36, 32, 3)), ((1, 32, 32, 3), (1, 32, 40, 3)), ((1, 8, 32, 3), (1, 8, 32, 3))],
 )
 def test_reblur_rejects_bad_shapes(shapes) -> None:
     args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]

@@ -65,7 +65,7 @@ class ReblurNet(nn.Module):
       dtype: computation dtype (params stay float32).
 
     Call: ``ReblurNet()(blurred, sharp)``, both ``(B, H, W, 3)`` float in [-1, 1] with H
-    and W divisible by 8; returns the reblurred image ``(B, H, W, 3)`` (range ~[-1, 1],
+    and W divisible by 8 and at least 16; returns the reblurred image ``(B, H, W, 3)`` (range ~[-1, 1],
     not clipped, not a residual).
     """
 
@@ -92,7 +92,7 @@ class ReblurNet(nn.Module):
 
     @staticmethod
     def check_inputs(blurred: jax.Array, sharp: jax.Array) -> None:
-        """Raises ValueError unless both are (B, H, W, 3), equal shapes, H, W % 8 == 0."""
+        """Raises ValueError unless both are (B, H, W, 3), equal shapes, H, W % 8 == 0, >= 16."""
         bshape = tuple(getattr(blurred, "shape", ()))
         sshape = tuple(getattr(sharp, "shape", ()))
         if len(bshape) != 4 or bshape[-1] != 3 or bshape != sshape:
@@ -100,9 +100,10 @@ class ReblurNet(nn.Module):
                 f"ReblurNet expects blurred and sharp images of the same shape (B, H, W, 3), "
                 f"got {bshape} and {sshape}"
             )
-        if bshape[1] % 8 or bshape[2] % 8 or bshape[1] == 0 or bshape[2] == 0:
+        if bshape[1] % 8 or bshape[2] % 8 or bshape[1] < 16 or bshape[2] < 16:
             raise ValueError(
-                f"ReblurNet needs H and W divisible by 8 (three stride-2 stages), got "
+                f"ReblurNet needs H and W divisible by 8 and >= 16 (three stride-2 stages, "
+                f"then a reflect-padded 3x3 filter), got "
                 f"H={bshape[1]}, W={bshape[2]}; pad the images (e.g. reflect) and crop back"
             )
 
