@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -28,6 +28,8 @@ def main(argv: list[str]) -> None:
     from aspdc_jax.training.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed()
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from aspdc_jax.checkpoint import CheckpointError
     from aspdc_jax.training import NonFiniteLossError, train_and_evaluate
 

@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_b2 = 0.999
     config.adam_eps = 1e-18
     config.grad_clip_norm = 0.0  # 0 disables global-norm clipping (the paper has none)
+    # Multiplies DeblurNet's last conv (tail_conv) kernel at phase-1 init: 1.0 = the paper's
+    # Xavier init; small values start D(b) close to b (helps short runs).
+    config.init_residual_scale = 1.0
 
     # Per-phase schedules, all in epochs (steps = epochs * steps_per_epoch, where
     # steps_per_epoch = max(1, examples_per_epoch // batch_size)).
@@ -72,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000  # plus one at the end of every phase
     config.max_checkpoints_to_keep = 2
     config.eval_limit = 8  # test pairs in the after-phase PSNR evaluation (0 disables)
+    config.eval_every_steps = 0  # also evaluate during a phase (0: only at its end)
     config.eval_split = "test"
     config.progress_bar = True
     return config

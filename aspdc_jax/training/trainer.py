@@ -123,6 +123,17 @@ def _load_handoff(workdir: Path, deblur_shapes, reblur_shapes, model_config, mes
     return out["deblur"], out["reblur"]
 
 
+def _scale_tail(params: PyTree, scale: float) -> PyTree:
+    """DeblurNet params with ``tail_conv/kernel`` multiplied by ``scale``."""
+    if "tail_conv" not in params:
+        raise ValueError("init_residual_scale needs a DeblurNet with a 'tail_conv' layer")
+    params = dict(params)
+    tail = dict(params["tail_conv"])
+    tail["kernel"] = tail["kernel"] * scale
+    params["tail_conv"] = tail
+    return params
+
+
 def _image_preview(phase, eval_fns, params, frozen, batch, n=2):
     """Grid rows [blurred | output | sharp] (finetune adds R(b, D(b))) of n examples."""
     from aspdc_jax.images import to_model  # noqa: PLC0415
@@ -235,7 +246,11 @@ def run_phase(
             )
             print(f"[finetune] starting from deblur step {dstep} and reblur step {rstep}", flush=True)
         else:
-            params = replicate(init_params(trained, rng, which=which), mesh)
+            params = init_params(trained, rng, which=which)
+            scale = float(config.get("init_residual_scale", 1.0))
+            if phase == "deblur" and scale != 1.0:
+                params = _scale_tail(params, scale)
+            params = replicate(params, mesh)
         state = jax.jit(
             lambda p: TrainState.create(p, tx), out_shardings=replicated_sharding(mesh)
         )(params)

@@ -1,0 +1,168 @@
+"""Train-step benchmark: full-width deblur and finetune steps at 6x256x256 on this machine.
+
+Prints a table and, with ``--json PATH``, writes::
+
+    {"deblur_step_s", "finetune_step_s", "achieved_gflops", "matmul_gflops", "utilization",
+     ...extras}
+
+``achieved_gflops`` = model FLOPs of one deblur step / its time, with model FLOPs = 3 x the
+DeblurNet forward FLOPs (XLA cost analysis of the forward at the same batch; forward +
+backward ~ 3x forward). ``matmul_gflops`` = float32 matmul throughput measured in the same
+run; ``utilization`` = achieved / matmul. XLA's own count for the whole step is reported too.
+
+On CPU, run with tcmalloc preloaded (DESIGN.md section 9)::
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/bench_train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aspdc_jax.models import model_from_config  # noqa: E402
+from aspdc_jax.training import (  # noqa: E402
+    TrainState,
+    init_params,
+    make_mesh,
+    make_train_step,
+    mse,
+)
+from aspdc_jax.training.sharding import replicate  # noqa: E402
+
+
+def allocator() -> str:
+    """"tcmalloc" when libtcmalloc is mapped into this process, else "glibc"."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    return "tcmalloc" if "tcmalloc" in maps else "glibc"
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def time_step(step, state, batch, extra, steps: int) -> tuple[float, object]:
+    state, m = step(state, batch, *extra)  # warm-up (after compile)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, m = step(state, batch, *extra)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per phase (median)")
+    parser.add_argument("--deblur-width", type=int, default=32)
+    parser.add_argument("--reblur-width", type=int, default=16)
+    parser.add_argument("--num-groups", type=int, default=6)
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--json", type=str, default=None)
+    args = parser.parse_args()
+
+    deblur, reblur = model_from_config(
+        dict(deblur_width=args.deblur_width, reblur_width=args.reblur_width, num_groups=args.num_groups)
+    )
+    mesh = make_mesh()
+    rng = jax.random.key(0)
+    dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
+    rparams = replicate(init_params(reblur, rng, which="reblur"), mesh)
+    data = np.random.default_rng(0).integers(0, 256, (2, args.batch, args.size, args.size, 3), np.uint8)
+    batch = {"blurred": data[0], "sharp": data[1]}
+    tx = optax.adam(1e-4, eps=1e-18)
+
+    # Model FLOPs: 3 x forward (XLA cost analysis of the forward at this batch).
+    x = jax.ShapeDtypeStruct((args.batch, args.size, args.size, 3), jnp.float32)
+    fwd = jax.jit(lambda p, b: deblur.apply({"params": p}, b).deblurred).lower(dparams, x).compile()
+    forward_flops = _flops(fwd)
+    model_flops = 3.0 * forward_flops
+
+    results = {}
+    for phase in ("deblur", "finetune"):
+        state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
+        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
+        extra = (rparams,) if phase == "finetune" else ()
+        t = time.perf_counter()
+        compiled = step.lower(state, batch, *extra).compile()
+        compile_s = time.perf_counter() - t
+        step_s, state = time_step(step, state, batch, extra, args.steps)
+        results[phase] = {"step_s": step_s, "compile_s": compile_s, "xla_flops": _flops(compiled)}
+        del state
+
+    mm = matmul_gflops(args.matmul_n)
+    achieved = model_flops / results["deblur"]["step_s"] / 1e9
+    out = {
+        "deblur_step_s": results["deblur"]["step_s"],
+        "finetune_step_s": results["finetune"]["step_s"],
+        "achieved_gflops": achieved,
+        "matmul_gflops": mm,
+        "utilization": achieved / mm,
+        "model_gflop_per_step": model_flops / 1e9,
+        "forward_gflop": forward_flops / 1e9,
+        "xla_gflop_deblur_step": results["deblur"]["xla_flops"] / 1e9,
+        "xla_gflop_finetune_step": results["finetune"]["xla_flops"] / 1e9,
+        "deblur_compile_s": results["deblur"]["compile_s"],
+        "finetune_compile_s": results["finetune"]["compile_s"],
+        "batch": args.batch,
+        "size": args.size,
+        "widths": [args.deblur_width, args.reblur_width, args.num_groups],
+        "allocator": allocator(),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+    }
+    rows = [
+        ("deblur step", f"{out['deblur_step_s']:.2f} s", f"compile {out['deblur_compile_s']:.0f} s"),
+        ("finetune step", f"{out['finetune_step_s']:.2f} s", f"compile {out['finetune_compile_s']:.0f} s"),
+        ("model FLOPs / deblur step", f"{out['model_gflop_per_step']:.0f} GFLOP",
+         f"3 x forward {out['forward_gflop']:.1f}; XLA step count {out['xla_gflop_deblur_step']:.0f}"),
+        ("achieved", f"{achieved:.1f} GFLOP/s", "deblur step"),
+        ("f32 matmul", f"{mm:.1f} GFLOP/s", f"{args.matmul_n}^3, same run"),
+        ("utilization", f"{out['utilization']:.3f}", "achieved / matmul"),
+        ("allocator", out["allocator"], out["backend"] + f" x{out['devices']}"),
+    ]
+    print(f"bench_train: {args.batch}x{args.size}x{args.size}, widths {out['widths']}")
+    for name, value, note in rows:
+        print(f"  {name:<28} {value:>16}   {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
