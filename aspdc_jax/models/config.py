@@ -41,10 +41,11 @@ MODEL_CONFIG_KEYS: tuple[str, ...] = tuple(MODEL_CONFIG_DEFAULTS)
 #: the paper. Apply with e.g. ``config.model.update(ABLATIONS["d2_x3"])`` or on the command
 #: line ``--config.model.branches='("d2",)' --config.model.branch_repeat=3``.
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "static": {"branches": ("static",)},
-    "d1": {"branches": ("d1",)},
-    "d2": {"branches": ("d2",)},
-    "d4": {"branches": ("d4",)},
+    # One branch: softmax over one channel is constantly 1, so AFIM would be dead weight.
+    "static": {"branches": ("static",), "fusion": "sum"},
+    "d1": {"branches": ("d1",), "fusion": "sum"},
+    "d2": {"branches": ("d2",), "fusion": "sum"},
+    "d4": {"branches": ("d4",), "fusion": "sum"},
     "d1_x3": {"branches": ("d1",), "branch_repeat": 3},
     "d2_x3": {"branches": ("d2",), "branch_repeat": 3},
     "d4_x3": {"branches": ("d4",), "branch_repeat": 3},
