@@ -25,8 +25,9 @@ Bucket policies (``bucket=``):
 
 Tiling (``tile=T``, ``overlap=O``): images with a side larger than ``T`` are cut into
 ``T x T`` tiles whose neighbours overlap by at least ``O`` pixels; every tile runs through
-the same compiled function and the outputs are blended with raised-cosine weights that fall
-to ~0 at each interior tile edge, so no seam is visible. Far enough from the seams (more
+the same compiled function and the outputs are blended with raised-cosine weights across
+each shared band (from ~0 at a tile's interior edge to 1 where the band ends), so no seam is
+visible and each pixel mostly comes from the tile in which it lies deepest. Far enough from the seams (more
 than the network's effective receptive field) the result equals the untiled one.
 """
 
@@ -120,9 +121,8 @@ def pad_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
     if height < h or width < w:
         raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
     pads = [(0, 0)] * (images.ndim - 3) + [(0, height - h), (0, width - w), (0, 0)]
-    # numpy's reflect needs at least 2 pixels along a padded axis; a 1-pixel side is repeated.
-    mode = "reflect" if min(h, w) > 1 else "edge"
-    return np.pad(images, pads, mode=mode)
+    # numpy reflects repeatedly when the pad exceeds the side (and repeats a 1-pixel side).
+    return np.pad(images, pads, mode="reflect")
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -134,18 +134,31 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def _edge_weights(length: int, start: int, total: int, overlap: int) -> np.ndarray:
-    """1-D blending weights for one tile: raised cosine over ``overlap`` at interior edges."""
+def _edge_weights(length: int, before: int, after: int) -> np.ndarray:
+    """1-D blending weights of one tile: a raised cosine rising over the ``before`` pixels it
+    shares with the previous tile and falling over the ``after`` pixels shared with the next
+    (0 = image border: weight 1 up to the edge). Neighbouring ramps sum to 1."""
     w = np.ones((length,), np.float32)
-    if overlap <= 0:
-        return w
-    ramp = np.sin(0.5 * np.pi * (np.arange(overlap, dtype=np.float32) + 0.5) / overlap) ** 2
-    n = min(overlap, length)
-    if start > 0:
-        w[:n] = np.minimum(w[:n], ramp[:n])
-    if start + length < total:
-        w[length - n :] = np.minimum(w[length - n :], ramp[:n][::-1])
+    for n, side in ((before, 1), (after, -1)):
+        if n <= 0:
+            continue
+        n = min(n, length)
+        ramp = np.sin(0.5 * np.pi * (np.arange(n, dtype=np.float32) + 0.5) / n) ** 2
+        if side > 0:
+            w[:n] = np.minimum(w[:n], ramp)
+        else:
+            w[length - n :] = np.minimum(w[length - n :], ramp[::-1])
     return w
+
+
+def _overlaps(starts: list[int], tile: int) -> list[tuple[int, int]]:
+    """(overlap with the previous tile, overlap with the next) for each tile start."""
+    out = []
+    for i, s in enumerate(starts):
+        before = starts[i - 1] + tile - s if i > 0 else 0
+        after = s + tile - starts[i + 1] if i + 1 < len(starts) else 0
+        out.append((before, after))
+    return out
 
 
 def _deblurred_of(out: Any) -> jax.Array:
@@ -316,16 +329,17 @@ class Deblurrer:
         ph, pw = padded.shape[:2]
         acc = np.zeros((ph, pw, 3), np.float32)
         weight = np.zeros((ph, pw, 1), np.float32)
-        boxes = [(y, x) for y in tile_starts(ph, th, overlap) for x in tile_starts(pw, tw, overlap)]
+        ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
+        wys = {y: _edge_weights(th, *o) for y, o in zip(ys, _overlaps(ys, th))}
+        wxs = {x: _edge_weights(tw, *o) for x, o in zip(xs, _overlaps(xs, tw))}
+        boxes = [(y, x) for y in ys for x in xs]
         i = 0
         for b in self._batch_sizes(len(boxes)):
             chunk = boxes[i : i + b]
             batch = np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])
             out = self.forward_padded(batch)
             for (y, x), o in zip(chunk, out):
-                wy = _edge_weights(th, y, ph, overlap)
-                wx = _edge_weights(tw, x, pw, overlap)
-                wgt = (wy[:, None] * wx[None, :])[..., None]
+                wgt = (wys[y][:, None] * wxs[x][None, :])[..., None]
                 acc[y : y + th, x : x + tw] += o * wgt
                 weight[y : y + th, x : x + tw] += wgt
             i += b

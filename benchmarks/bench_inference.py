@@ -84,12 +84,15 @@ def _model(ckpt: str | None):
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
     rng = np.random.default_rng(0)
 
-    def fill(leaf):
-        if len(leaf.shape) >= 2:
-            return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-        return np.zeros(leaf.shape, np.float32)
+    def fill(path, leaf):  # the models' init: Xavier-normal kernels (5-D: stacked groups), zero biases
+        if getattr(path[-1], "key", None) != "kernel":
+            return np.zeros(leaf.shape, np.float32)
+        shape = leaf.shape[1:] if len(leaf.shape) == 5 else leaf.shape
+        receptive = int(np.prod(shape[:-2]))
+        std = np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1])))
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
-    return module, jax.tree_util.tree_map(fill, shapes)
+    return module, jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def worker_matmul(args) -> dict:

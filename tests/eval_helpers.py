@@ -18,18 +18,22 @@ def random_params(module, *inputs, seed: int = 0):
     """Random ``params`` with the module's shapes, filled by numpy (no XLA compile).
 
     ``jax.jit(module.init)`` takes 40+ s to compile on 2 busy cores for these nets, so the
-    tests fill ``jax.eval_shape(module.init)`` instead: kernels ~ N(0, 1/fan_in), biases small.
+    tests fill ``jax.eval_shape(module.init)`` the way the models initialise: conv kernels
+    Xavier-normal (a leading axis of 5-D kernels is the stacked groups), biases zero.
     """
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)["params"]
     rng = np.random.default_rng(seed)
 
-    def fill(leaf):
-        if len(leaf.shape) >= 2:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-        return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    def fill(path, leaf):
+        name = getattr(path[-1], "key", str(path[-1]))
+        if name != "kernel":
+            return np.zeros(leaf.shape, np.float32)
+        shape = leaf.shape[1:] if len(leaf.shape) == 5 else leaf.shape
+        receptive = int(np.prod(shape[:-2]))
+        std = np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1])))
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
-    return jax.tree_util.tree_map(fill, shapes)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def tiny_models(seed: int = 0):
