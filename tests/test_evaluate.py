@@ -136,3 +136,27 @@ def test_realblur_alignment_recovers_a_shift():
     unaligned = peak_signal_noise_ratio(truth, moved, data_range=1.0)
     assert aligned["psnr"] > unaligned + 10
     assert aligned["ssim"] > 0.99
+
+
+@pytest.mark.slow
+def test_train_workdir_loads_for_inference_and_evaluation(tmp_path):
+    """A tiny train.py workdir (deblur + reblur phases) through inference.load and evaluate."""
+    pytest.importorskip("test_train_fakes")
+    from test_train_fakes import fake_loader_factory
+    from test_train_loop import tiny_config
+
+    from aspdc_jax.evaluation import EvalConfig, evaluate
+    from aspdc_jax.training import train_and_evaluate
+
+    config = tiny_config()
+    config.phases = "deblur,reblur"
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    deblurrer = inference.load(workdir)
+    image = smooth_image(np.random.default_rng(0), 30, 42)
+    assert deblurrer.deblur(image).shape == image.shape
+    result = evaluate(EvalConfig(
+        ckpt=str(workdir), out=str(tmp_path / "eval"), dataset="synthetic", limit=1,
+        reblur=True, progress=False,
+    ))
+    assert result["num_images"] == 1 and "reblur" in result
