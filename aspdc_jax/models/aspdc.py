@@ -98,7 +98,7 @@ class DeformBranch(nn.Module):
                 conv3(9, name="mask_conv", dtype=self.dtype, zero_init=self.zero_init_offsets)(r)
             )
             offsets = None
-            dcn_offsets = jnp.zeros(mask.shape[:-1] + (18,), mask.dtype)
+            dcn_offsets = None  # zero offsets: deform_conv2d's gather-free path
         else:
             offsets = conv3(
                 18,

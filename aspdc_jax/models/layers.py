@@ -124,7 +124,8 @@ class DeformConv(nn.Module):
 
     Args (call):
       x: ``(B, H, W, C)`` features.
-      offsets: ``(B, H, W, 18)``; channel ``2i`` = dy, ``2i+1`` = dx of tap ``i = ky*3+kx``.
+      offsets: ``(B, H, W, 18)``; channel ``2i`` = dy, ``2i+1`` = dx of tap ``i = ky*3+kx``;
+        ``None`` for zero offsets (computed without gathers).
       mask: ``(B, H, W, 9)`` modulation in [0, 1].
     Returns:
       ``(B, H, W, features)``.
@@ -134,14 +135,14 @@ class DeformConv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, offsets: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, offsets: jax.Array | None, mask: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
         kernel = self.param("kernel", xavier_normal, (3, 3, in_features, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         cast = functools.partial(jnp.asarray, dtype=self.dtype)
         return deform_conv2d(
             cast(x),
-            cast(offsets),
+            None if offsets is None else cast(offsets),
             cast(mask),
             cast(kernel),
             cast(bias),
