@@ -6,9 +6,9 @@ about 15 minutes on a 2-core CPU.
 Differences from the paper (configs/deblur.py): narrow networks (DeblurNet width 16 with
 2 ASPDC groups, ReblurNet width 8), 64x64 crops of freshly synthesised blur (the photos
 bundled with scikit-image, held-out photos for the test PSNR), batch 8, a higher learning
-rate with warm-up and cosine decay instead of the halving schedule, a nominal epoch of 256
-examples, zero-initialised offset/mask predictors and a down-scaled last DeblurNet conv
-(so D(b) starts near b).
+rate with warm-up and cosine decay instead of the halving schedule, Adam eps 1e-8 instead
+of 1e-18, a nominal epoch of 256 examples, zero-initialised offset/mask predictors and a
+down-scaled last DeblurNet conv (so D(b) starts near b).
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_workers = 0
     config.batch_size = 8
 
-    config.deblur.update(schedule="cosine", lr=1e-3, min_lr=1e-5, warmup_epochs=1.0)
-    config.deblur.num_epochs = 20.0
+    # Adam eps 1e-8: the paper's 1e-18 makes every update ~lr-sized however tiny and noisy
+    # the gradient (e.g. of the zero-initialised offset predictors).
+    config.adam_eps = 1e-8
+
+    # Time split (~3 deblur steps/s on an idle 2-core CPU): deblur gets most of it.
+    config.deblur.update(schedule="cosine", lr=1e-3, min_lr=1e-5, warmup_epochs=0.5)
+    config.deblur.num_epochs = 36.0
     config.reblur.update(schedule="cosine", lr=1e-3, min_lr=1e-5, warmup_epochs=1.0)
     config.reblur.num_epochs = 4.0
     config.finetune.update(schedule="cosine", lr=2e-4, min_lr=1e-5, warmup_epochs=0.0)
