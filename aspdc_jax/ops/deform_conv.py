@@ -264,7 +264,10 @@ def _deformable_sample_bwd(geometry, residuals, d_sampled):
             in_axes=(0, None if m is None else 0),
         )(off, m)
 
-    (rows, weight), plan_vjp = _vjp_with_int_output(plan, offsets, mask)
+    # Integer row indices ride along as aux; only the weights are differentiated.
+    weight, plan_vjp, rows = jax.vjp(
+        lambda o, m: plan(o, m)[::-1], offsets, mask, has_aux=True
+    )
     # Flat row index over (batch, group) tables: table (B*G*R, 4*Cg).
     base = (jnp.arange(batch * groups, dtype=jnp.int32) * table_rows).reshape(batch, groups, 1)
     flat_rows = (rows + base).reshape(-1)  # (M,), M = B*G*Ho*Wo*K
@@ -288,13 +291,6 @@ def _deformable_sample_bwd(geometry, residuals, d_sampled):
         d_offsets.astype(offsets.dtype),
         None if mask is None else d_mask.astype(mask.dtype),
     )
-
-
-def _vjp_with_int_output(plan, offsets, mask):
-    """vjp of ``plan`` whose first output (row indices) is integer: pulls back the weights."""
-    rows, weight = plan(offsets, mask)
-    _, pullback = jax.vjp(lambda o, m: plan(o, m)[1], offsets, mask)
-    return (rows, weight), pullback
 
 
 _deformable_sample.defvjp(_deformable_sample_fwd, _deformable_sample_bwd)
