@@ -127,14 +127,14 @@ def _check_shapes(
 def _projection(inputs: jax.Array, kernel: jax.Array, groups: int, accum: Any) -> jax.Array:
     """Every tap's kernel applied at every input pixel: one dense matmul.
 
-    ``(B, H, W, C)`` x ``(k, k, C, O)`` -> ``(G*B*H*W*K, O)``; row
-    ``((g*B + b)*H*W + y*W + x)*K + i`` is ``in[b, y, x, group g] @ W[ky, kx, group g]``.
+    ``(B, H, W, C)`` x ``(kh, kw, C, O)`` -> ``(G*B*H*W*T, O)`` with ``T = kh*kw``; row
+    ``((g*B + b)*H*W + y*W + x)*T + i`` is ``in[b, y, x, group g] @ W[tap i, group g]``.
     Bilinear interpolation and the mask act on pixels and the kernel on channels, so
     sampling this projection equals projecting the samples.
     """
     batch, height, width, channels = inputs.shape
-    kernel_size, _, _, out_channels = kernel.shape
-    taps, cpg = kernel_size * kernel_size, channels // groups
+    kernel_h, kernel_w, _, out_channels = kernel.shape
+    taps, cpg = kernel_h * kernel_w, channels // groups
     x = jnp.moveaxis(inputs.reshape(batch * height * width, groups, cpg), 1, 0)
     w = kernel.reshape(taps, groups, cpg, out_channels)
     z = jnp.einsum("gpc,kgco->gpko", x, w, preferred_element_type=accum)
@@ -264,21 +264,36 @@ def _deform_conv(
     geometry: tuple,
 ) -> jax.Array:
     """(B, H, W, C) -> (B*Ho*Wo, O) in the accumulation dtype (no bias)."""
-    return _deform_conv_forward(inputs, offsets, mask, kernel, geometry, materialize=False)
+    return _deform_conv_forward(inputs, offsets, mask, kernel, geometry)
 
 
-def _deform_conv_forward(inputs, offsets, mask, kernel, geometry, *, materialize):
+def _deform_conv_forward(inputs, offsets, mask, kernel, geometry):
+    """One kernel row at a time: project its k taps, then add their gather-sum.
+
+    Only a k-tap projection (``k*O`` values per input pixel) is alive at once, and each
+    partial sum is materialized, which keeps XLA from fusing the sum into consumers.
+    """
+    kernel_size, groups = geometry[0], geometry[-1]
     accum = jnp.promote_types(inputs.dtype, jnp.float32)
     weight, pixels = _sampling_plan(offsets, mask, geometry, inputs.shape[1:3])
-    table = _projection(inputs, kernel, geometry[-1], accum)
-    rows = _projection_rows(pixels, geometry[0] ** 2)
-    if materialize:
-        return _materialized(_gather_sum, pixels, table, rows, weight)
-    return _gather_sum(table, rows, weight)
+    n = pixels.shape[0]
+    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
+    tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]  # (kx, corner)
+    out = None
+    for ky in range(kernel_size):
+        table = _projection(inputs, kernel[ky : ky + 1], groups, accum)
+        rows = (by_row(pixels)[:, :, ky] * kernel_size + tap_in_row).reshape(n, -1)
+        row_weight = by_row(weight)[:, :, ky].reshape(n, -1)
+        if out is None:
+            out = _materialized(_gather_sum, pixels, table, rows, row_weight)
+        else:
+            add = lambda t, r, w, acc: acc + _gather_sum(t, r, w)  # noqa: E731
+            out = _materialized(add, pixels, table, rows, row_weight, out)
+    return out
 
 
 def _deform_conv_fwd(inputs, offsets, mask, kernel, geometry):
-    out = _deform_conv_forward(inputs, offsets, mask, kernel, geometry, materialize=True)
+    out = _deform_conv_forward(inputs, offsets, mask, kernel, geometry)
     # Keep only the (small) inputs: the projection is recomputed in the backward pass.
     return out, (inputs, offsets, mask, kernel)
 
