@@ -13,12 +13,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from aspdc_jax.ops import deform_conv2d
+from aspdc_jax.ops import conv2d, deform_conv2d
 
 __all__ = [
     "LRELU_SLOPE",
+    "Conv",
     "ConvTranspose2x",
     "DeformConv",
     "ResBlock",
@@ -41,6 +41,34 @@ def lrelu(x: jax.Array) -> jax.Array:
     return nn.leaky_relu(x, negative_slope=LRELU_SLOPE)
 
 
+class Conv(nn.Module):
+    """``nn.Conv``'s parameters and numerics (``kernel`` HWIO, ``bias``), computed with
+    `aspdc_jax.ops.conv2d` (same forward; a much faster kernel gradient on CPU)."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    dilation: int = 1
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel_init = nn.initializers.zeros if self.zero_init else xavier_normal
+        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        pad = self.dilation * (k // 2)
+        y = conv2d(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            stride=self.stride,
+            padding=((pad, pad), (pad, pad)),
+            rhs_dilation=self.dilation,
+        )
+        return y + bias.astype(self.dtype)
+
+
 def conv3(
     features: int,
     *,
@@ -50,23 +78,18 @@ def conv3(
     kernel_size: int = 3,
     dtype: Dtype = jnp.float32,
     zero_init: bool = False,
-) -> nn.Conv:
+) -> Conv:
     """A PyTorch-style ``Conv2d(k, stride, padding=dilation*(k//2), dilation)`` with bias.
 
     ``zero_init`` gives zero kernel and bias (for the offset / mask predictors).
     """
-    pad = dilation * (kernel_size // 2)
-    return nn.Conv(
+    return Conv(
         features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=True,
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+        zero_init=zero_init,
         dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.zeros if zero_init else xavier_normal,
-        bias_init=nn.initializers.zeros,
         name=name,
     )
 
@@ -106,14 +129,7 @@ class ConvTranspose2x(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x = x.astype(self.dtype)
         kernel = jnp.flip(kernel, axis=(0, 1)).astype(self.dtype)
-        y = lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1, 1),
-            padding=((1, 2), (1, 2)),
-            lhs_dilation=(2, 2),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv2d(x, kernel, padding=((1, 2), (1, 2)), lhs_dilation=2)
         return y + bias.astype(self.dtype)
 
 
