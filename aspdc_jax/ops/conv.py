@@ -3,8 +3,8 @@
 The forward pass and the input gradient are XLA's own convolutions. The kernel gradient
 is where XLA:CPU is slow: its backward-filter convolution runs 4-9x longer than the
 forward (and far longer still for the 2x zero-dilated input of a transposed
-convolution), so on CPU it is computed as ``patches^T @ d_out`` with the ``(P, k*k*C)``
-patches gathered by strided slices: one large matmul. Other platforms keep XLA's
+convolution), so on CPU it is computed tap by tap as ``window_i^T @ d_out``, each
+window a strided slice of the padded input: k*k plain matmuls. Other platforms keep XLA's
 gradient (``lax.platform_dependent`` picks at lowering time). NHWC inputs, HWIO kernels.
 """
 
@@ -35,8 +35,10 @@ def _conv(x, kernel, geometry):
     )
 
 
-def _patches(x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry) -> jax.Array:
-    """``(B, H, W, C)`` -> ``(B*Ho*Wo, kh*kw*C)``: the input window of every output pixel."""
+def _tap_windows(
+    x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry
+) -> list[jax.Array]:
+    """``(B, H, W, C)`` -> ``kh*kw`` arrays ``(B*Ho*Wo, C)``: the input each tap sees."""
     stride, padding, lhs_dilation, rhs_dilation = geometry
     (kh, kw), (out_h, out_w) = kernel_hw, out_hw
     config = [(0, 0, 0)]
@@ -50,16 +52,14 @@ def _patches(x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], 
     xp = jnp.pad(
         xp, ((0, 0), (0, max(0, need_h - xp.shape[1])), (0, max(0, need_w - xp.shape[2])), (0, 0))
     )
-    taps = []
+    windows = []
     for ky in range(kh):
         for kx in range(kw):
             y0, x0 = ky * rhs_dilation[0], kx * rhs_dilation[1]
-            taps.append(
-                xp[:, y0 : y0 + (out_h - 1) * stride[0] + 1 : stride[0],
-                   x0 : x0 + (out_w - 1) * stride[1] + 1 : stride[1]]
-            )
-    patches = jnp.stack(taps, axis=3)  # (B, Ho, Wo, kh*kw, C)
-    return patches.reshape(-1, kh * kw * x.shape[-1])
+            window = xp[:, y0 : y0 + (out_h - 1) * stride[0] + 1 : stride[0],
+                        x0 : x0 + (out_w - 1) * stride[1] + 1 : stride[1]]
+            windows.append(window.reshape(-1, x.shape[-1]))
+    return windows
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -84,10 +84,11 @@ def _conv2d_bwd(geometry, residuals, d_out):
         d_x = conv_vjp(d_out)[0]
         kh, kw, channels, out_channels = kernel.shape
         accum = jnp.promote_types(d_out.dtype, jnp.float32)
-        patches = _patches(x, (kh, kw), d_out.shape[1:3], geometry)
-        d_kernel = jnp.dot(
-            patches.T, d_out.reshape(-1, out_channels), preferred_element_type=accum
-        )
+        d_flat = d_out.reshape(-1, out_channels)
+        d_kernel = jnp.stack([
+            jnp.dot(window.T, d_flat, preferred_element_type=accum)
+            for window in _tap_windows(x, (kh, kw), d_out.shape[1:3], geometry)
+        ])  # one (C, P) @ (P, O) matmul per tap: no (P, k*k*C) patch matrix
         return d_x, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
     return lax.platform_dependent(
