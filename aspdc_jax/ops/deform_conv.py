@@ -21,8 +21,9 @@ convolution, in the matmul unit); each output pixel is then a weighted sum of th
 gathered rows ``Z[corner, i]``, which XLA fuses into one loop that reads contiguous rows
 and writes only the output. The gathers index one flat table with per-image row offsets
 (the batch is folded into the indices, not vmapped). The hand-written backward pass uses
-a gather-dot for the offsets and mask, one scatter-add and two matmuls for the inputs and
-kernel, and recomputes ``Z`` instead of storing it. With zero offsets and no mask the
+a gather-dot for the offsets and mask, a scatter-add and two matmuls for the inputs and
+kernel, and recomputes ``Z`` instead of storing it. Both passes go one kernel row at a
+time, so only a k-tap slice of ``Z`` is alive at once. With zero offsets and no mask the
 result is exactly a dense convolution.
 """
 
@@ -146,8 +147,8 @@ def _projection_transpose(
 ) -> tuple[jax.Array, jax.Array]:
     """Cotangent of `_projection`: ``(G*B*H*W*K, O)`` -> (d_inputs, d_kernel), two matmuls."""
     batch, height, width, channels = inputs.shape
-    kernel_size, _, _, out_channels = kernel.shape
-    taps, cpg = kernel_size * kernel_size, channels // groups
+    kernel_h, kernel_w, _, out_channels = kernel.shape
+    taps, cpg = kernel_h * kernel_w, channels // groups
     accum = d_rows.dtype
     dz = d_rows.reshape(groups, batch * height * width, taps * out_channels)
     x = jnp.moveaxis(inputs.reshape(batch * height * width, groups, cpg), 1, 0).astype(accum)
@@ -299,33 +300,47 @@ def _deform_conv_fwd(inputs, offsets, mask, kernel, geometry):
 
 
 def _deform_conv_bwd(geometry, residuals, d_out):
-    """Backward: a gather-dot (offsets, mask), a scatter-add and two matmuls (inputs, kernel)."""
+    """Backward, one kernel row at a time (as the forward): a gather-dot for the offsets
+    and mask, a scatter-add into that row's projection and two matmuls for the inputs and
+    kernel. The row projections are recomputed (XLA shares them with the forward pass
+    when both are in one program)."""
     inputs, offsets, mask, kernel = residuals
-    groups = geometry[-1]
+    kernel_size, groups = geometry[0], geometry[-1]
     accum = d_out.dtype
     # Integer pixels ride along as aux; only the weights are differentiated.
     weight, plan_vjp, pixels = jax.vjp(
         lambda o, m: _sampling_plan(o, m, geometry, inputs.shape[1:3]), offsets, mask,
         has_aux=True,
     )
-    rows = _projection_rows(pixels, geometry[0] ** 2)
-    table = _projection(inputs, kernel, groups, accum)
-    d_weight = _gather_dot(table, rows, d_out[:, None, :])
-    d_offsets, d_mask = plan_vjp(d_weight.astype(weight.dtype))
+    n = pixels.shape[0]
+    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
+    tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]
 
     def updates(weight, d_out):
         return (weight.astype(accum)[:, :, None] * d_out[:, None, :]).reshape(-1, d_out.shape[1])
 
-    # Materialized updates: XLA:CPU's scatter runs ~1.5x slower with them fused in.
-    d_table = jnp.zeros_like(table).at[rows.reshape(-1)].add(
-        _materialized(updates, pixels, weight, d_out), mode="promise_in_bounds"
-    )
-    d_inputs, d_kernel = _projection_transpose(d_table, inputs, kernel, groups)
+    d_weight, d_kernel, d_inputs = [], [], None
+    for ky in range(kernel_size):
+        table = _projection(inputs, kernel[ky : ky + 1], groups, accum)
+        rows = (by_row(pixels)[:, :, ky] * kernel_size + tap_in_row).reshape(n, -1)
+        row_weight = by_row(weight)[:, :, ky].reshape(n, -1)
+        d_weight.append(_gather_dot(table, rows, d_out[:, None, :]))
+        # Materialized updates: XLA:CPU's scatter runs ~1.5x slower with them fused in.
+        d_table = jnp.zeros_like(table).at[rows.reshape(-1)].add(
+            _materialized(updates, pixels, row_weight, d_out), mode="promise_in_bounds"
+        )
+        d_x, d_k = _projection_transpose(d_table, inputs, kernel[ky : ky + 1], groups)
+        d_inputs = d_x if d_inputs is None else d_inputs + d_x
+        d_kernel.append(d_k)
+    d_weight = jnp.stack(
+        [d.reshape(n, groups, kernel_size, 4) for d in d_weight], axis=2
+    ).reshape(weight.shape)
+    d_offsets, d_mask = plan_vjp(d_weight.astype(weight.dtype))
     return (
         d_inputs.astype(inputs.dtype),
         d_offsets.astype(offsets.dtype),
         None if mask is None else d_mask.astype(mask.dtype),
-        d_kernel.astype(kernel.dtype),
+        jnp.concatenate(d_kernel, axis=0).astype(kernel.dtype),
     )
 
 
