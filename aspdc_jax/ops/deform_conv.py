@@ -234,11 +234,18 @@ def _materialized(fn: Any, pixels: jax.Array, *args: jax.Array) -> jax.Array:
     ``pixels`` (non-negative by construction) provides the predicate. A conditional's
     result is always materialized; left free, XLA fuses a gather-heavy producer into
     every consumer (for example the forward sum into the backward pass's per-tap
-    updates) and recomputes it there, 2x slower end to end on XLA:CPU.
+    updates) and recomputes it there, 2x slower end to end on XLA:CPU. Only the CPU
+    lowering has the conditional (a GPU conditional would sync its predicate to the host).
     """
     shape = jax.eval_shape(fn, *args)
-    return jax.lax.cond(
-        pixels[0, 0] >= 0, fn, lambda *_: jnp.zeros(shape.shape, shape.dtype), *args
+
+    def behind_cond(pixels, *args):
+        return jax.lax.cond(
+            pixels[0, 0] >= 0, fn, lambda *_: jnp.zeros(shape.shape, shape.dtype), *args
+        )
+
+    return jax.lax.platform_dependent(
+        pixels, *args, cpu=behind_cond, default=lambda pixels, *args: fn(*args)
     )
 
 
