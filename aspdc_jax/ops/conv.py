@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "pair", "tap_windows"]
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -35,10 +35,14 @@ def _conv(x, kernel, geometry):
     )
 
 
-def _tap_windows(
-    x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry
+def tap_windows(
+    x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry: tuple
 ) -> list[jax.Array]:
-    """``(B, H, W, C)`` -> ``kh*kw`` arrays ``(B*Ho*Wo, C)``: the input each tap sees."""
+    """``(B, H, W, C)`` -> ``kh*kw`` arrays ``(B*Ho*Wo, C)``: the input each tap sees.
+
+    ``geometry = (stride, ((top, bottom), (left, right)), lhs_dilation, rhs_dilation)``,
+    each a pair; taps in row-major ``(ky, kx)`` order. Strided slices only, no gathers.
+    """
     stride, padding, lhs_dilation, rhs_dilation = geometry
     (kh, kw), (out_h, out_w) = kernel_hw, out_hw
     config = [(0, 0, 0)]
@@ -87,7 +91,7 @@ def _conv2d_bwd(geometry, residuals, d_out):
         d_flat = d_out.reshape(-1, out_channels)
         d_kernel = jnp.stack([
             jnp.dot(window.T, d_flat, preferred_element_type=accum)
-            for window in _tap_windows(x, (kh, kw), d_out.shape[1:3], geometry)
+            for window in tap_windows(x, (kh, kw), d_out.shape[1:3], geometry)
         ])  # one (C, P) @ (P, O) matmul per tap: no (P, k*k*C) patch matrix
         return d_x, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
@@ -99,7 +103,8 @@ def _conv2d_bwd(geometry, residuals, d_out):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _pairs(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair; ValueError naming ``name`` otherwise."""
     pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
     if len(pair) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -134,9 +139,9 @@ def conv2d(
         )
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     geometry = (
-        _pairs(stride, "stride"),
+        pair(stride, "stride"),
         padding,
-        _pairs(lhs_dilation, "lhs_dilation"),
-        _pairs(rhs_dilation, "rhs_dilation"),
+        pair(lhs_dilation, "lhs_dilation"),
+        pair(rhs_dilation, "rhs_dilation"),
     )
     return _conv2d(x, kernel, geometry)

@@ -30,25 +30,17 @@ result is exactly a dense convolution.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from aspdc_jax.ops.conv import pair, tap_windows
+
 __all__ = ["deform_conv2d", "deform_conv_output_size"]
 
 IntPair = int | Sequence[int]
-
-
-def _pair(value: IntPair, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def deform_conv_output_size(
@@ -209,12 +201,6 @@ def _sampling_plan(
     return weight.reshape(n, -1), jnp.stack(pixels, axis=-1).reshape(n, -1)
 
 
-def _projection_rows(pixels: jax.Array, taps: int) -> jax.Array:
-    """Pixel rows -> rows of `_projection`: ``pixel * K + i`` for column ``(g*K + i)*4 + q``."""
-    tap = (jnp.arange(pixels.shape[1], dtype=pixels.dtype) // 4) % taps
-    return pixels * taps + tap
-
-
 def _gather_sum(table: jax.Array, rows: jax.Array, weight: jax.Array) -> jax.Array:
     """``out[p] = sum_j weight[p, j] * table[rows[p, j]]``: (R, O), (P, J), (P, J) -> (P, O).
 
@@ -250,17 +236,28 @@ def _materialized(fn: Any, pixels: jax.Array, *args: jax.Array) -> jax.Array:
 
 
 def _gather_dot(table: jax.Array, rows: jax.Array, vectors: jax.Array) -> jax.Array:
-    """``d[p, j] = <table[rows[p, j]], vectors[p, j // (J/T)]>``.
-
-    (R, C), (P, J), (P, T, C) -> (P, J); ``T`` divides ``J`` (``T = 1``: one vector per
-    output pixel).
-    """
-    n, num_vectors, channels = vectors.shape
+    """``d[p, j] = <table[rows[p, j]], vectors[p]>``: (R, C), (P, J), (P, C) -> (P, J)."""
+    channels = table.shape[1]
     gathered = jnp.take(table, rows.reshape(-1), axis=0, mode="clip")
-    gathered = gathered.reshape(n, num_vectors, -1, channels)
-    prod = (gathered * vectors[:, :, None, :]).reshape(-1, channels)
+    prod = (gathered.reshape(*rows.shape, channels) * vectors[:, None, :]).reshape(-1, channels)
     # A matvec with ones runs ~2x faster on XLA:CPU than a reduce over the minor axis.
     return (prod @ jnp.ones((channels,), prod.dtype)).reshape(rows.shape)
+
+
+def _kernel_rows(
+    pixels: jax.Array, weight: jax.Array, kernel_size: int, groups: int
+) -> Iterator[tuple[int, jax.Array, jax.Array]]:
+    """Per kernel row ``ky``: (ky, rows into that row's k-tap `_projection`, weights).
+
+    ``rows = pixel * k + kx`` and the weights of the columns of taps ``(ky, 0..k-1)``,
+    shapes ``(P, G*k*4)``; both passes of the deformable conv iterate over these.
+    """
+    n = pixels.shape[0]
+    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
+    tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]  # (kx, corner)
+    for ky in range(kernel_size):
+        rows = by_row(pixels)[:, :, ky] * kernel_size + tap_in_row
+        yield ky, rows.reshape(n, -1), by_row(weight)[:, :, ky].reshape(n, -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -284,14 +281,9 @@ def _deform_conv_forward(inputs, offsets, mask, kernel, geometry):
     kernel_size, groups = geometry[0], geometry[-1]
     accum = jnp.promote_types(inputs.dtype, jnp.float32)
     weight, pixels = _sampling_plan(offsets, mask, geometry, inputs.shape[1:3])
-    n = pixels.shape[0]
-    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
-    tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]  # (kx, corner)
     out = None
-    for ky in range(kernel_size):
+    for ky, rows, row_weight in _kernel_rows(pixels, weight, kernel_size, groups):
         table = _projection(inputs, kernel[ky : ky + 1], groups, accum)
-        rows = (by_row(pixels)[:, :, ky] * kernel_size + tap_in_row).reshape(n, -1)
-        row_weight = by_row(weight)[:, :, ky].reshape(n, -1)
         if out is None:
             out = _materialized(_gather_sum, pixels, table, rows, row_weight)
         else:
@@ -320,18 +312,14 @@ def _deform_conv_bwd(geometry, residuals, d_out):
         has_aux=True,
     )
     n = pixels.shape[0]
-    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
-    tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]
 
     def updates(weight, d_out):
         return (weight.astype(accum)[:, :, None] * d_out[:, None, :]).reshape(-1, d_out.shape[1])
 
     d_weight, d_kernel, d_inputs = [], [], None
-    for ky in range(kernel_size):
+    for ky, rows, row_weight in _kernel_rows(pixels, weight, kernel_size, groups):
         table = _projection(inputs, kernel[ky : ky + 1], groups, accum)
-        rows = (by_row(pixels)[:, :, ky] * kernel_size + tap_in_row).reshape(n, -1)
-        row_weight = by_row(weight)[:, :, ky].reshape(n, -1)
-        d_weight.append(_gather_dot(table, rows, d_out[:, None, :]))
+        d_weight.append(_gather_dot(table, rows, d_out))
         # Materialized updates: XLA:CPU's scatter runs ~1.5x slower with them fused in.
         d_table = jnp.zeros_like(table).at[rows.reshape(-1)].add(
             _materialized(updates, pixels, row_weight, d_out), mode="promise_in_bounds"
@@ -354,48 +342,31 @@ def _deform_conv_bwd(geometry, residuals, d_out):
 _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
 
 
-def _sample_grid_one(
-    image: jax.Array,  # (H, W, C)
-    mask: jax.Array | None,  # (Ho, Wo, G*K)
-    *,
-    kernel_size: int,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    groups: int,
+def _sample_grid(
+    inputs: jax.Array,  # (B, H, W, C)
+    mask: jax.Array | None,  # (B, Ho, Wo, G*K)
+    geometry: tuple,
     out_hw: tuple[int, int],
 ) -> jax.Array:
-    """Zero offsets: the taps are integer shifts, read with strided slices (no gather)."""
-    height, width, channels = image.shape
-    out_h, out_w = out_hw
-    taps = kernel_size * kernel_size
-    cpg = channels // groups
-    # Pad enough that every strided window slice stays inside the array.
-    need_h = (out_h - 1) * stride[0] + (kernel_size - 1) * dilation[0] + 1
-    need_w = (out_w - 1) * stride[1] + (kernel_size - 1) * dilation[1] + 1
-    padded = jnp.pad(
-        image,
-        (
-            (padding[0], max(0, need_h - height - padding[0])),
-            (padding[1], max(0, need_w - width - padding[1])),
-            (0, 0),
-        ),
+    """Zero offsets: the taps are integer shifts, read with strided slices (no gather).
+
+    Returns ``(B, Ho*Wo, K*C)`` samples (tap-major), times the mask where given.
+    """
+    kernel_size, stride, padding, dilation, groups = geometry
+    batch, _, _, channels = inputs.shape
+    taps, cpg = kernel_size * kernel_size, channels // groups
+    windows = tap_windows(
+        inputs,
+        (kernel_size, kernel_size),
+        out_hw,
+        (stride, ((padding[0], padding[0]), (padding[1], padding[1])), (1, 1), dilation),
     )
-    shifted = []
-    for i in range(taps):
-        ky, kx = divmod(i, kernel_size)
-        y, x = ky * dilation[0], kx * dilation[1]
-        shifted.append(
-            padded[y : y + (out_h - 1) * stride[0] + 1 : stride[0],
-                   x : x + (out_w - 1) * stride[1] + 1 : stride[1]]
-        )
-    sampled = jnp.stack(shifted, axis=2)  # (Ho, Wo, K, C)
+    sampled = jnp.stack(windows, axis=1)  # (P, K, C)
     if mask is not None:
-        accum = jnp.promote_types(image.dtype, jnp.float32)
-        m = mask.astype(accum).reshape(out_h, out_w, groups, taps)
-        m = jnp.repeat(jnp.moveaxis(m, 2, 3), cpg, axis=3)  # (Ho, Wo, K, C)
-        sampled = (sampled.astype(accum) * m).astype(image.dtype)
-    return sampled.reshape(out_h * out_w, taps * channels)
+        accum = jnp.promote_types(inputs.dtype, jnp.float32)
+        m = jnp.swapaxes(mask.astype(accum).reshape(-1, groups, taps), 1, 2)  # (P, K, G)
+        sampled = (sampled.astype(accum) * jnp.repeat(m, cpg, axis=2)).astype(inputs.dtype)
+    return sampled.reshape(batch, -1, taps * channels)
 
 
 def deform_conv2d(
@@ -433,9 +404,9 @@ def deform_conv2d(
       ValueError: on inconsistent shapes, before anything is traced.
     """
     stride_, padding_, dilation_ = (
-        _pair(stride, "stride"),
-        _pair(padding, "padding"),
-        _pair(dilation, "dilation"),
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
     )
     out_h, out_w = _check_shapes(
         inputs, offsets, mask, kernel, bias, stride_, padding_, dilation_, offset_groups
@@ -444,18 +415,9 @@ def deform_conv2d(
     kernel_size, _, channels, out_channels = kernel.shape
     accum = jnp.promote_types(inputs.dtype, jnp.float32)
 
-    geometry = dict(
-        kernel_size=kernel_size,
-        stride=stride_,
-        padding=padding_,
-        dilation=dilation_,
-        groups=offset_groups,
-    )
+    geometry = (kernel_size, stride_, padding_, dilation_, offset_groups)
     if offsets is None:
-        sampled = jax.vmap(
-            lambda image, m: _sample_grid_one(image, m, out_hw=(out_h, out_w), **geometry),
-            in_axes=(0, None if mask is None else 0),
-        )(inputs, mask)  # (B, Ho*Wo, K*C)
+        sampled = _sample_grid(inputs, mask, geometry, (out_h, out_w))  # (B, Ho*Wo, K*C)
         out = jnp.einsum(
             "bpj,jo->bpo",
             sampled,
@@ -463,13 +425,7 @@ def deform_conv2d(
             preferred_element_type=accum,
         )
     else:
-        out = _deform_conv(
-            inputs,
-            offsets,
-            mask,
-            kernel.astype(inputs.dtype),
-            (kernel_size, stride_, padding_, dilation_, offset_groups),
-        )
+        out = _deform_conv(inputs, offsets, mask, kernel.astype(inputs.dtype), geometry)
     if bias is not None:
         out = out + bias.astype(accum)
     return out.reshape(batch, out_h, out_w, out_channels).astype(inputs.dtype)
