@@ -46,8 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     # `--config.phases=finetune` runs only phase 3 (phases 1-2 must be finished).
     config.phases = "deblur,reblur,finetune"
     config.batch_size = 6  # global batch, split over devices and hosts
-    # Loss on the images: "mse" (paper: plain MSE on [-1, 1] images) or "imagenet_mse"
-    # (the official release: MSE on ImageNet-normalised [0, 1] images).
+    # Loss on the images: "mse" (paper: plain MSE on [-1, 1] images), "imagenet_mse"
+    # (the official release: MSE on ImageNet-normalised [0, 1] images) or "charbonnier"
+    # (smooth L1, sqrt(d^2 + 1e-6); not in the paper, used by the CPU quickstart).
     config.loss = "mse"
     # Adam(b1, b2, eps) as in the paper (eps 1e-18).
     config.adam_b1 = 0.9

@@ -15,6 +15,7 @@ from test_train_fakes import FakeLoader
 from aspdc_jax.models import model_from_config
 from aspdc_jax.training import (
     TrainState,
+    charbonnier,
     get_loss,
     imagenet_mse,
     init_params,
@@ -83,6 +84,10 @@ def test_losses():
     na, nb = ((a + 1) / 2 - mean) / std, ((b + 1) / 2 - mean) / std
     np.testing.assert_allclose(float(imagenet_mse(a, b)), np.mean((na - nb) ** 2), rtol=1e-5)
     assert get_loss("imagenet_mse") is imagenet_mse
+    # Charbonnier: sqrt(d^2 + 1e-6); ~|d| for large errors, quadratic near zero.
+    np.testing.assert_allclose(float(charbonnier(a, b)), np.mean(np.sqrt((a - b) ** 2 + 1e-6)), rtol=1e-6)
+    np.testing.assert_allclose(float(charbonnier(a, a)), 1e-3, rtol=1e-6)
+    assert get_loss("charbonnier") is charbonnier
     with pytest.raises(ValueError, match="config.loss"):
         get_loss("l1")
 

@@ -10,7 +10,7 @@ image losses, :mod:`.sharding` the mesh, :mod:`.checkpoints` the Orbax layout,
 """
 
 from aspdc_jax.training.checkpoints import PhaseCheckpoints, load_workdir_for_inference
-from aspdc_jax.training.losses import get_loss, imagenet_mse, mse
+from aspdc_jax.training.losses import charbonnier, get_loss, imagenet_mse, mse
 from aspdc_jax.training.schedules import make_schedule, steps_per_epoch
 from aspdc_jax.training.sharding import make_mesh, maybe_initialize_distributed
 from aspdc_jax.training.state import PHASES, TrainState, init_params, make_optimizer
@@ -27,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "PhaseCheckpoints",
     "TrainState",
+    "charbonnier",
     "get_loss",
     "imagenet_mse",
     "init_params",
