@@ -105,10 +105,10 @@ _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """An int or a pair of ints as a pair; ValueError naming ``name`` otherwise."""
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2:
+    values = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return values  # type: ignore[return-value]
 
 
 def conv2d(
