@@ -83,6 +83,40 @@ def time_step(step, state, batch, extra, steps: int) -> tuple[float, object]:
     return float(np.median(times)), state
 
 
+def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], steps: int) -> dict:
+    """Compiles and times the full deblur and finetune steps (float32, MSE) at
+    ``batch_size x size x size``; returns per-phase ``step_s``/``compile_s``/``xla_flops``
+    and the model FLOPs (3 x the DeblurNet forward)."""
+    deblur, reblur = model_from_config(
+        dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2])
+    )
+    mesh = make_mesh()
+    rng = jax.random.key(0)
+    dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
+    rparams = replicate(init_params(reblur, rng, which="reblur"), mesh)
+    data = np.random.default_rng(0).integers(0, 256, (2, batch_size, size, size, 3), np.uint8)
+    batch = {"blurred": data[0], "sharp": data[1]}
+    tx = optax.adam(1e-4, eps=1e-18)
+
+    # Model FLOPs: 3 x forward (XLA cost analysis of the forward at this batch).
+    x = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
+    fwd = jax.jit(lambda p, b: deblur.apply({"params": p}, b).deblurred).lower(dparams, x).compile()
+    forward_flops = _flops(fwd)
+
+    results: dict = {"forward_flops": forward_flops, "model_flops": 3.0 * forward_flops}
+    for phase in ("deblur", "finetune"):
+        state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
+        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
+        extra = (rparams,) if phase == "finetune" else ()
+        t = time.perf_counter()
+        compiled = step.lower(state, batch, *extra).compile()
+        compile_s = time.perf_counter() - t
+        step_s, state = time_step(step, state, batch, extra, steps)
+        results[phase] = {"step_s": step_s, "compile_s": compile_s, "xla_flops": _flops(compiled)}
+        del state
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=6)
@@ -95,34 +129,10 @@ def main() -> None:
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
 
-    deblur, reblur = model_from_config(
-        dict(deblur_width=args.deblur_width, reblur_width=args.reblur_width, num_groups=args.num_groups)
+    results = measure_steps(
+        args.batch, args.size, (args.deblur_width, args.reblur_width, args.num_groups), args.steps
     )
-    mesh = make_mesh()
-    rng = jax.random.key(0)
-    dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
-    rparams = replicate(init_params(reblur, rng, which="reblur"), mesh)
-    data = np.random.default_rng(0).integers(0, 256, (2, args.batch, args.size, args.size, 3), np.uint8)
-    batch = {"blurred": data[0], "sharp": data[1]}
-    tx = optax.adam(1e-4, eps=1e-18)
-
-    # Model FLOPs: 3 x forward (XLA cost analysis of the forward at this batch).
-    x = jax.ShapeDtypeStruct((args.batch, args.size, args.size, 3), jnp.float32)
-    fwd = jax.jit(lambda p, b: deblur.apply({"params": p}, b).deblurred).lower(dparams, x).compile()
-    forward_flops = _flops(fwd)
-    model_flops = 3.0 * forward_flops
-
-    results = {}
-    for phase in ("deblur", "finetune"):
-        state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
-        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
-        extra = (rparams,) if phase == "finetune" else ()
-        t = time.perf_counter()
-        compiled = step.lower(state, batch, *extra).compile()
-        compile_s = time.perf_counter() - t
-        step_s, state = time_step(step, state, batch, extra, args.steps)
-        results[phase] = {"step_s": step_s, "compile_s": compile_s, "xla_flops": _flops(compiled)}
-        del state
+    forward_flops, model_flops = results["forward_flops"], results["model_flops"]
 
     mm = matmul_gflops(args.matmul_n)
     achieved = model_flops / results["deblur"]["step_s"] / 1e9

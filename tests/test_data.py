@@ -105,6 +105,26 @@ def test_builtin_split_is_by_image():
     assert {"motorcycle_left", "motorcycle_right"} <= train  # the stereo pair stays together
 
 
+def test_synthetic_path_does_not_need_tensorflow_datasets(tmp_path):
+    """The built-in data, training and inference import without tensorflow_datasets (only
+    the GoPro/HIDE/RealBlur stores need it), e.g. on an accelerator image that lacks it."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    (tmp_path / "tensorflow_datasets").mkdir()
+    (tmp_path / "tensorflow_datasets" / "__init__.py").write_text("raise ImportError('blocked')\n")
+    code = (
+        "import aspdc_jax.data, aspdc_jax.training, aspdc_jax.inference\n"
+        "from aspdc_jax.data import synthetic\n"
+        "assert len(synthetic.builtin_photos('test')) == 2\n"
+        "import sys; assert 'tensorflow_datasets' not in sys.modules\n"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_synthetic_eval_pairs_fixed_and_match_store(tmp_path):
     cfg = _cfg(tfds_dir=str(tmp_path))
     a = list(eval_pairs(cfg))

@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from aspdc_jax.data import builders, imageio, synthetic
+from aspdc_jax.data import imageio, synthetic
 
 __all__ = ["DATASETS", "EvalPair", "TrainLoader", "eval_pairs", "make_train_loader", "store_for"]
 
@@ -83,6 +83,8 @@ def store_for(cfg: Any):
             raise ValueError(f"config.data.gopro_variant must be 'blur' or 'blur_gamma', got {config!r}")
     elif name.startswith("realblur"):
         builder_name, config = "realblur", name[-1].upper()
+    from aspdc_jax.data import builders  # noqa: PLC0415 (tensorflow_datasets only for stores)
+
     return builders.prepare(builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config)
 
 
@@ -256,6 +258,8 @@ def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> 
         for n, blurred, sharp, info in pairs[:limit] if limit is not None else pairs:
             yield EvalPair(n, blurred, sharp, dict(info, dataset="synthetic"))
         return
+    from aspdc_jax.data import builders  # noqa: PLC0415
+
     builder = store_for(data_cfg)
     source = builder.as_data_source(_split_of(builder, split))
     count = len(source) if limit is None else min(limit, len(source))
