@@ -13,8 +13,8 @@ Each measurement runs in a fresh subprocess, so its peak device memory
    ``bench_inference.py``), peak device memory. Parameters are random Xavier (the speed
    does not depend on them); the input is a bundled photo, and the bfloat16 output is
    compared with the float32 one (PSNR, in dB).
-3. ``train``: the full deblur and finetune train steps at 6x256x256 (float32, MSE), as
-   in ``bench_train.py``.
+3. ``train``: the full deblur and finetune train steps at 6x256x256 (MSE), as in
+   ``bench_train.py``, with float32 and bfloat16 compute (``config.compute_dtype``).
 4. ``fixture``: the official fixture nets (``tests/fixtures/official_nets.npz``, computed
    in float64 by the PyTorch release) in float32 at default and HIGHEST matmul precision
    and in bfloat16: max abs error of the deblurred image.
@@ -114,8 +114,9 @@ def worker_forward(args) -> dict:
 def worker_train(args) -> dict:
     from bench_train import measure_steps  # noqa: PLC0415
 
-    r = measure_steps(6, 256, (32, 16, 6), steps=args.repeats)
+    r = measure_steps(6, 256, (32, 16, 6), steps=args.repeats, dtype=args.dtype)
     return {
+        "dtype": args.dtype,
         "deblur_step_s": r["deblur"]["step_s"],
         "finetune_step_s": r["finetune"]["step_s"],
         "deblur_compile_s": r["deblur"]["compile_s"],
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     if "train" in only:
-        results["train"] = _run("train", args, [])
+        for dtype in ("float32", "bfloat16"):
+            results[f"train_{dtype}"] = _run("train", args, ["--dtype", dtype])
     if "fixture" in only:
         results["fixture"] = _run("fixture", args, [])
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -40,6 +41,7 @@ from aspdc_jax.training import (  # noqa: E402
     mse,
 )
 from aspdc_jax.training.sharding import replicate  # noqa: E402
+from aspdc_jax.training.trainer import compute_modules  # noqa: E402
 
 
 def allocator() -> str:
@@ -83,13 +85,16 @@ def time_step(step, state, batch, extra, steps: int) -> tuple[float, object]:
     return float(np.median(times)), state
 
 
-def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], steps: int) -> dict:
-    """Compiles and times the full deblur and finetune steps (float32, MSE) at
-    ``batch_size x size x size``; returns per-phase ``step_s``/``compile_s``/``xla_flops``
-    and the model FLOPs (3 x the DeblurNet forward)."""
+def measure_steps(
+    batch_size: int, size: int, widths: tuple[int, int, int], steps: int, dtype: str = "float32"
+) -> dict:
+    """Compiles and times the full deblur and finetune steps (MSE; ``dtype`` is the compute
+    dtype, as ``config.compute_dtype``) at ``batch_size x size x size``; returns per-phase
+    ``step_s``/``compile_s``/``xla_flops`` and the model FLOPs (3 x the DeblurNet forward)."""
     deblur, reblur = model_from_config(
         dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2])
     )
+    deblur, reblur = compute_modules(ml_collections.ConfigDict({"compute_dtype": dtype}), deblur, reblur)
     mesh = make_mesh()
     rng = jax.random.key(0)
     dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
@@ -126,11 +131,13 @@ def main() -> None:
     parser.add_argument("--reblur-width", type=int, default=16)
     parser.add_argument("--num-groups", type=int, default=6)
     parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of the steps (config.compute_dtype)")
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args()
 
     results = measure_steps(
-        args.batch, args.size, (args.deblur_width, args.reblur_width, args.num_groups), args.steps
+        args.batch, args.size, (args.deblur_width, args.reblur_width, args.num_groups), args.steps, args.dtype
     )
     forward_flops, model_flops = results["forward_flops"], results["model_flops"]
 
@@ -148,6 +155,7 @@ def main() -> None:
         "xla_gflop_finetune_step": results["finetune"]["xla_flops"] / 1e9,
         "deblur_compile_s": results["deblur"]["compile_s"],
         "finetune_compile_s": results["finetune"]["compile_s"],
+        "dtype": args.dtype,
         "batch": args.batch,
         "size": args.size,
         "widths": [args.deblur_width, args.reblur_width, args.num_groups],

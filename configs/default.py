@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_b2 = 0.999
     config.adam_eps = 1e-18
     config.grad_clip_norm = 0.0  # 0 disables global-norm clipping (the paper has none)
+    # Compute dtype of the train steps: "float32" (paper) or "bfloat16" (mixed precision for
+    # GPUs/TPUs: activations and convolutions in bfloat16; parameters, optimizer state,
+    # losses and the after-phase evaluation stay float32). On CPU bfloat16 is slower.
+    config.compute_dtype = "float32"
     # Multiplies DeblurNet's last conv (tail_conv) kernel at phase-1 init: 1.0 = the paper's
     # Xavier init; small values start D(b) close to b (helps short runs).
     config.init_residual_scale = 1.0

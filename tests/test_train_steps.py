@@ -153,3 +153,36 @@ def test_finetune_loss_is_deblur_plus_lambda_reblur(tiny):
     np.testing.assert_allclose(float(loss), float(m["deblur_loss"]) + 0.25 * float(m["reblur_loss"]),
                                rtol=1e-6)
     assert jnp.isfinite(loss)
+
+
+def test_bfloat16_compute_step_matches_float32_and_keeps_float32_state(tiny):
+    """config.compute_dtype="bfloat16": the finetune step runs both nets in bfloat16, but
+    params, optimizer state and the loss stay float32, and the loss is the float32 one to
+    bfloat16 accuracy."""
+    from aspdc_jax.training import make_loss_fn
+    from aspdc_jax.training.trainer import compute_modules
+
+    cfg = ml_collections.ConfigDict({"compute_dtype": "bfloat16"})
+    deblur, reblur = compute_modules(cfg, tiny["deblur"], tiny["reblur"])
+    assert deblur.dtype == jnp.bfloat16 and reblur.dtype == jnp.bfloat16
+    args = (tiny["deblur_params"], tiny["batch"], tiny["reblur_params"])
+    ref, _ = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse)(*args)
+    got, _ = make_loss_fn("finetune", deblur=deblur, reblur=reblur, image_loss=mse)(*args)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), float(ref), rtol=2e-2)
+
+    tx = optax.adam(3e-3, eps=1e-18)
+    mesh = tiny["mesh"]
+    state = replicate(TrainState.create(tiny["deblur_params"], tx), mesh)
+    step = make_train_step("finetune", deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
+    extra = (replicate(tiny["reblur_params"], mesh),)
+    losses = []
+    for _ in range(6):
+        state, metrics = step(state, tiny["batch"], *extra)
+        losses.append(float(metrics["loss"]))
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.97 * losses[0], losses
+    leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
+    assert all(x.dtype in (jnp.float32, jnp.int32) for x in leaves)
+
+    with pytest.raises(ValueError, match="compute_dtype"):
+        compute_modules(ml_collections.ConfigDict({"compute_dtype": "float16"}), deblur, reblur)

@@ -44,22 +44,25 @@ def make_loss_fn(
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
 
+    def f32(x: jax.Array) -> jax.Array:  # losses in float32 whatever the compute dtype
+        return x.astype(jnp.float32)
+
     def loss_fn(params, batch, reblur_params=None):
         blurred = to_model(batch["blurred"])
         sharp = to_model(batch["sharp"])
         if phase == "deblur":
             out = deblur.apply({"params": params}, blurred)
-            loss = image_loss(out.deblurred, sharp)
+            loss = image_loss(f32(out.deblurred), sharp)
             return loss, {"loss": loss}
         if phase == "reblur":
             reblurred = reblur.apply({"params": params}, blurred, sharp)
-            loss = image_loss(reblurred, blurred)
+            loss = image_loss(f32(reblurred), blurred)
             return loss, {"loss": loss}
         out = deblur.apply({"params": params}, blurred)
-        deblur_loss = image_loss(out.deblurred, sharp)
+        deblur_loss = image_loss(f32(out.deblurred), sharp)
         frozen = jax.lax.stop_gradient(reblur_params)
         reblurred = reblur.apply({"params": frozen}, blurred, out.deblurred)
-        reblur_loss = image_loss(reblurred, blurred)
+        reblur_loss = image_loss(f32(reblurred), blurred)
         loss = deblur_loss + reblur_weight * reblur_loss
         return loss, {"loss": loss, "deblur_loss": deblur_loss, "reblur_loss": reblur_loss}
 

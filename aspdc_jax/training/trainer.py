@@ -152,6 +152,19 @@ def _image_preview(phase, eval_fns, params, frozen, batch, n=2):
     return image_grid(jax.device_get(rows))
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_modules(config: ml_collections.ConfigDict, deblur: Any, reblur: Any) -> tuple[Any, Any]:
+    """The networks the train steps run: ``config.compute_dtype`` ("float32" or "bfloat16")
+    as the modules' compute dtype. Parameters stay float32 either way."""
+    name = str(config.get("compute_dtype", "float32"))
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"config.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
+    dtype = COMPUTE_DTYPES[name]
+    return deblur.clone(dtype=dtype), reblur.clone(dtype=dtype)
+
+
 def run_phase(
     phase: str,
     config: ml_collections.ConfigDict,
@@ -256,10 +269,11 @@ def run_phase(
         )(params)
         start = 0
 
+    step_deblur, step_reblur = compute_modules(config, deblur, reblur)
     step_fn = make_train_step(
         phase,
-        deblur=deblur,
-        reblur=reblur,
+        deblur=step_deblur,
+        reblur=step_reblur,
         tx=tx,
         image_loss=get_loss(config.loss),
         mesh=mesh,
@@ -423,6 +437,7 @@ def train_and_evaluate(
             f"{mesh.devices.size}"
         )
     deblur, reblur = model_from_config(config.model)
+    compute_modules(config, deblur, reblur)  # a bad config.compute_dtype fails here, not mid-run
     results = {}
     for phase in phases:
         results[phase] = run_phase(
