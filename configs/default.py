@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_object_probability = 0.5  # chance of 1-2 moving objects
     config.data.synthetic_noise_sigma = 0.01  # max Gaussian noise std on [0, 1] images
     config.data.synthetic_gamma = 2.2  # CRF gamma (averaging happens in linear light)
+    # Scales at which the training photos are used (Lanczos; 1.0 = as they are), e.g.
+    # (1.0, 1.5, 2.0): upscaled copies are softer, like many real photos. Copies smaller
+    # than the crop are skipped. Test pairs always use the photos at their own size.
+    config.data.synthetic_photo_scales = (1.0,)
     config.data.synthetic_test_crops_per_photo = 6  # fixed eval pairs per held-out photo
     config.data.synthetic_test_crop_size = 256
     config.data.synthetic_test_seed = 0

@@ -379,6 +379,37 @@ def test_store_loader_same_window_and_flip_deterministic_resume(gopro):
     assert not _same(_take(other, 4), first)
 
 
+def test_rescaled_photos():
+    a, b = _img(40, 60, 0), _img(30, 30, 1)
+    out = synthetic.rescaled_photos([("a", a), ("b", b)], (1.0, 1.5, 0.5, 1.5), min_side=20)
+    # scale 1 keeps the arrays; duplicates dropped; b at 0.5 (15 px) is below min_side.
+    assert [n for n, _ in out] == ["a", "b", "a@1.5", "b@1.5", "a@0.5"]
+    assert out[0][1] is a and out[1][1] is b
+    assert [x.shape for _, x in out[2:]] == [(60, 90, 3), (45, 45, 3), (20, 30, 3)]
+    assert all(x.dtype == np.uint8 for _, x in out)
+    # A constant photo stays constant (Lanczos weights sum to 1).
+    flat = synthetic.rescaled_photos([("c", np.full((20, 24, 3), 77, np.uint8))], (2.0,))[0][1]
+    assert flat.shape == (40, 48, 3) and np.all(flat == 77)
+    for bad in ((), (0.0,), (-1.0,), ("2",)):
+        with pytest.raises(ValueError, match="scales"):
+            synthetic.rescaled_photos([("a", a)], bad)
+
+
+def test_synthetic_loader_uses_rescaled_photos(tmp_path):
+    for i in range(5):
+        _save(tmp_path / f"p{i}.png", _img(40, 44, i))
+    cfg = _cfg(data_dir=str(tmp_path), crop_size=32, epoch_size=8, synthetic_photo_scales=(1.0, 2.0))
+    loader = make_train_loader(cfg, global_batch_size=4, seed=0)
+    assert next(iter(loader))["blurred"].shape == (4, 32, 32, 3)
+    ex = pipeline.SyntheticExample(str(tmp_path), 32, 0, synthetic.SyntheticBlurConfig(), (1.0, 2.0, 0.5))
+    # 4 training photos at x1 and x2; at x0.5 (20 px) they are smaller than the crop.
+    assert [n for n, _ in ex.photos()] == [f"p{i}.png" for i in range(4)] + [f"p{i}.png@2" for i in range(4)]
+    with pytest.raises(ValueError, match="scales"):
+        make_train_loader(_cfg(data_dir=str(tmp_path), synthetic_photo_scales=(0.0,)), global_batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="smaller than the crop 32"):
+        make_train_loader(_cfg(data_dir=str(tmp_path), synthetic_photo_scales=(0.5,)), global_batch_size=1, seed=0)
+
+
 def test_synthetic_loader_fresh_blur_and_resume():
     cfg = _cfg(crop_size=32, epoch_size=6)
     it = iter(make_train_loader(cfg, global_batch_size=4, seed=0))

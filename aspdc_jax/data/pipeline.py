@@ -107,8 +107,16 @@ def _with_index(index: int, record: int) -> tuple[int, int]:
 class SyntheticExample:
     """(global index, unused) -> fresh synthetic pair {"blurred", "sharp"} uint8 (c, c, 3)."""
 
-    def __init__(self, photo_dir: str | None, crop_size: int, seed: int, blur: synthetic.SyntheticBlurConfig):
+    def __init__(
+        self,
+        photo_dir: str | None,
+        crop_size: int,
+        seed: int,
+        blur: synthetic.SyntheticBlurConfig,
+        scales: tuple[float, ...] = (1.0,),
+    ):
         self.photo_dir, self.crop_size, self.seed, self.blur = photo_dir, crop_size, seed, blur
+        self.scales = tuple(scales)
         self._photos: list | None = None
 
     def __getstate__(self):
@@ -116,7 +124,8 @@ class SyntheticExample:
 
     def photos(self) -> list:
         if self._photos is None:
-            self._photos = synthetic.photo_source(self.photo_dir, "train")
+            photos = synthetic.photo_source(self.photo_dir, "train")
+            self._photos = synthetic.rescaled_photos(photos, self.scales, min_side=self.crop_size)
         return self._photos
 
     def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -195,11 +204,17 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
     name = _dataset(data_cfg)
     if name == "synthetic":
         photo_dir = _get(data_cfg, "data_dir", None)
-        for pname, photo in synthetic.photo_source(photo_dir, "train"):
+        photos = synthetic.photo_source(photo_dir, "train")
+        for pname, photo in photos:
             if min(photo.shape[:2]) < crop:
                 raise ValueError(f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}")
         num_examples = int(_get(data_cfg, "epoch_size", 2103))
-        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg))
+        scales = tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,)))
+        synthetic.rescaled_photos([], scales)  # validates the scales
+        sides = [min(photo.shape[:2]) for _, photo in photos]
+        if not any(round(side * float(s)) >= crop for side in sides for s in scales):
+            raise ValueError(f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}")
+        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg), scales)
     elif name in ("hide", "unpaired_folder"):
         raise ValueError(f"dataset {name} is for evaluation only (no training pairs)")
     else:

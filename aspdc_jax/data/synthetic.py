@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import numbers
 import pathlib
 from collections.abc import Sequence
 
@@ -42,6 +43,7 @@ __all__ = [
     "photo_source",
     "psnr_u8",
     "random_crop_pair",
+    "rescaled_photos",
     "synthesize_blur",
     "synthetic_test_pairs",
 ]
@@ -164,6 +166,36 @@ def photo_source(photo_dir: str | None, split: str) -> list[tuple[str, np.ndarra
         )
     n_test = max(1, len(photos) // 5)
     return photos[-n_test:] if split == "test" else photos[:-n_test]
+
+
+def rescaled_photos(
+    photos: Sequence[tuple[str, np.ndarray]], scales: Sequence[float], min_side: int = 1
+) -> list[tuple[str, np.ndarray]]:
+    """Each photo at every scale in ``scales`` (Lanczos resampling), as extra photos.
+
+    Upscaled copies (scale > 1) are softer, like many real photos; downscaled ones (< 1)
+    are denser in detail. A copy whose shorter side would fall below ``min_side`` is
+    skipped; scale 1 keeps the photo itself. Names get a ``@<scale>`` suffix (none for 1).
+    Returns a list of (name, uint8 HxWx3).
+    """
+    from PIL import Image
+
+    bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < float(s) <= 8]
+    if not scales or bad:
+        raise ValueError(f"photo scales must be a non-empty list of numbers in (0, 8], got {list(scales)!r}")
+    out = []
+    for scale in dict.fromkeys(float(s) for s in scales):
+        for name, photo in photos:
+            if scale == 1.0:
+                out.append((name, photo))
+                continue
+            h, w = photo.shape[:2]
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if min(size) < min_side:
+                continue
+            resized = Image.fromarray(photo).resize(size, Image.LANCZOS)
+            out.append((f"{name}@{scale:g}", np.asarray(resized)))
+    return out
 
 
 # ----------------------------------------------------------------------------- blur model
