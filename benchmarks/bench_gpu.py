@@ -50,7 +50,7 @@ def _photo_720p():
 
     from aspdc_jax.data.synthetic import builtin_photos  # noqa: PLC0415
 
-    name, photo = builtin_photos("train")[0]
+    _, photo = builtin_photos("train")[0]
     return np.asarray(Image.fromarray(photo).resize((1280, 720), Image.BICUBIC))
 
 

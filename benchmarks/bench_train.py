@@ -31,11 +31,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aspdc_jax.inference import use_low_memory_cpu_scheduler  # noqa: E402
 from aspdc_jax.models import model_from_config  # noqa: E402
@@ -48,6 +48,7 @@ from aspdc_jax.training import (  # noqa: E402
 )
 from aspdc_jax.training.sharding import replicate  # noqa: E402
 from aspdc_jax.training.trainer import compute_modules  # noqa: E402
+from bench_inference import _peak_rss_gib  # noqa: E402
 
 
 def allocator() -> str:
@@ -100,7 +101,7 @@ def measure_steps(
     deblur, reblur = model_from_config(
         dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2])
     )
-    deblur, reblur = compute_modules(ml_collections.ConfigDict({"compute_dtype": dtype}), deblur, reblur)
+    deblur, reblur = compute_modules({"compute_dtype": dtype}, deblur, reblur)
     mesh = make_mesh()
     rng = jax.random.key(0)
     dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
@@ -127,12 +128,6 @@ def measure_steps(
                           "xla_flops": _flops(compiled)}
         del state
     return results
-
-
-def _peak_rss_gib() -> float:
-    import resource  # noqa: PLC0415
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def main() -> None:

@@ -209,8 +209,7 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
             if min(photo.shape[:2]) < crop:
                 raise ValueError(f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}")
         num_examples = int(_get(data_cfg, "epoch_size", 2103))
-        scales = tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,)))
-        synthetic.rescaled_photos([], scales)  # validates the scales
+        scales = synthetic.photo_scales(tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,))))
         sides = [min(photo.shape[:2]) for _, photo in photos]
         if not any(round(side * float(s)) >= crop for side in sides for s in scales):
             raise ValueError(f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}")

@@ -40,6 +40,7 @@ __all__ = [
     "SyntheticBlurConfig",
     "builtin_photos",
     "load_photos",
+    "photo_scales",
     "photo_source",
     "psnr_u8",
     "random_crop_pair",
@@ -168,6 +169,14 @@ def photo_source(photo_dir: str | None, split: str) -> list[tuple[str, np.ndarra
     return photos[-n_test:] if split == "test" else photos[:-n_test]
 
 
+def photo_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """Validated, de-duplicated photo scales (numbers in (0, 8]); raises ValueError."""
+    bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < float(s) <= 8]
+    if not scales or bad:
+        raise ValueError(f"photo scales must be a non-empty list of numbers in (0, 8], got {list(scales)!r}")
+    return tuple(dict.fromkeys(float(s) for s in scales))
+
+
 def rescaled_photos(
     photos: Sequence[tuple[str, np.ndarray]], scales: Sequence[float], min_side: int = 1
 ) -> list[tuple[str, np.ndarray]]:
@@ -180,11 +189,8 @@ def rescaled_photos(
     """
     from PIL import Image
 
-    bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < float(s) <= 8]
-    if not scales or bad:
-        raise ValueError(f"photo scales must be a non-empty list of numbers in (0, 8], got {list(scales)!r}")
     out = []
-    for scale in dict.fromkeys(float(s) for s in scales):
+    for scale in photo_scales(scales):
         for name, photo in photos:
             if scale == 1.0:
                 out.append((name, photo))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +155,9 @@ def _image_preview(phase, eval_fns, params, frozen, batch, n=2):
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def compute_modules(config: ml_collections.ConfigDict, deblur: Any, reblur: Any) -> tuple[Any, Any]:
-    """The networks the train steps run: ``config.compute_dtype`` ("float32" or "bfloat16")
-    as the modules' compute dtype. Parameters stay float32 either way."""
+def compute_modules(config: Mapping[str, Any], deblur: Any, reblur: Any) -> tuple[Any, Any]:
+    """The networks the train steps run: ``config.compute_dtype`` ("float32" or "bfloat16";
+    a ConfigDict or dict) as the modules' compute dtype. Parameters stay float32 either way."""
     name = str(config.get("compute_dtype", "float32"))
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"config.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
