@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from aspdc_jax import evaluation, inference
+from aspdc_jax import cli, evaluation, inference
+from aspdc_jax.checkpoint import CheckpointError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ckpt", None, "Export folder or train.py workdir / phase folder.", required=True)
@@ -75,17 +76,19 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.low_memory_schedule:
         inference.use_low_memory_cpu_scheduler()  # before the first JAX computation
-    bucket = int(FLAGS.bucket) if FLAGS.bucket.isdigit() else FLAGS.bucket
-    cfg = evaluation.EvalConfig(
-        ckpt=FLAGS.ckpt, out=FLAGS.out, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-        tfds_dir=FLAGS.tfds_dir, split=FLAGS.split, limit=FLAGS.limit,
-        gopro_variant=FLAGS.gopro_variant, save_images=FLAGS.save_images, reblur=FLAGS.reblur,
-        figures=FLAGS.figures, num_figures=FLAGS.num_figures, timing=FLAGS.timing,
-        timing_repeats=FLAGS.timing_repeats, align=FLAGS.align,
-        align_iterations=FLAGS.align_iterations, bucket=bucket, tile=FLAGS.tile,
-        overlap=FLAGS.overlap, dtype=FLAGS.dtype, progress=FLAGS.progress,
-    )
-    result = evaluation.evaluate(cfg)
+    # A missing checkpoint or dataset folder, or a bad flag value, ends in one line (exit 2).
+    with cli.reporting_user_errors(CheckpointError, traceback=FLAGS.verbosity > 0):
+        bucket = int(FLAGS.bucket) if FLAGS.bucket.isdigit() else FLAGS.bucket
+        cfg = evaluation.EvalConfig(
+            ckpt=FLAGS.ckpt, out=FLAGS.out, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            tfds_dir=FLAGS.tfds_dir, split=FLAGS.split, limit=FLAGS.limit,
+            gopro_variant=FLAGS.gopro_variant, save_images=FLAGS.save_images, reblur=FLAGS.reblur,
+            figures=FLAGS.figures, num_figures=FLAGS.num_figures, timing=FLAGS.timing,
+            timing_repeats=FLAGS.timing_repeats, align=FLAGS.align,
+            align_iterations=FLAGS.align_iterations, bucket=bucket, tile=FLAGS.tile,
+            overlap=FLAGS.overlap, dtype=FLAGS.dtype, progress=FLAGS.progress,
+        )
+        result = evaluation.evaluate(cfg)
     print(evaluation.format_table(result))
     print(f"\nwrote {FLAGS.out}/metrics.json and per_image.csv")
 

@@ -8,8 +8,6 @@ field on the command line, e.g. ``--config.phases=finetune`` or
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,13 +29,12 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from aspdc_jax.checkpoint import CheckpointError
+    from aspdc_jax.cli import reporting_user_errors
     from aspdc_jax.training import NonFiniteLossError, train_and_evaluate
 
-    try:
+    # A bad config value, data folder or checkpoint ends in one line (exit 2).
+    with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=FLAGS.verbosity > 0):
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (CheckpointError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.progress:
         from tqdm import tqdm  # noqa: PLC0415
 
-        bar = tqdm(unit="img", desc=f"evaluate {cfg.dataset}", file=sys.stderr)
+        bar = tqdm(total=len(pairs), unit="img", desc=f"evaluate {cfg.dataset}", file=sys.stderr)
     for index, pair in enumerate(pairs):
         if pair.sharp is None:
             raise ValueError(f"{pair.name}: no ground truth; evaluation needs paired data")

@@ -103,6 +103,29 @@ def test_evaluate_help_explains_itself():
         assert word in text
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "{tmp}/missing", "--dataset", "synthetic"], "error: checkpoint folder .*missing does not exist"),
+        (["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/nowhere"], "error: data_dir for gopro: folder .*nowhere does not exist"),
+        (["--ckpt", "{export}", "--dataset", "synthetic", "--bucket", "odd"], "error: bucket must be"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
+    """A missing checkpoint / data folder or a bad flag value: `error: ...`, exit 2, no traceback."""
+    import re  # noqa: PLC0415
+
+    export = tiny_export(tmp_path / "export")
+    args = [a.format(tmp=tmp_path, export=export) for a in args]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), *args, "--out", str(tmp_path / "out"), "--noprogress"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_timing_block(tmp_path):
     from aspdc_jax.evaluation import measure_timing
 

@@ -190,3 +190,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(runs, tmp_path):
         train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
     with PhaseCheckpoints(workdir / "deblur", read_only=True) as ckpt:
         assert ckpt.latest_step() == 6
+
+
+@pytest.mark.parametrize("photos, message", [
+    (None, r"error: photo folder .*nowhere does not exist"),
+    ([(20, 30)], r"error: photo tiny0.png is 20x30, smaller than the crop 64x64; lower config.data.crop_size"),
+])
+def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
+    """train.py: a missing photo folder or a photo smaller than the crop gives `error: ...`
+    and exit status 2, not a traceback (before anything is compiled)."""
+    import re  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    folder = tmp_path / "nowhere"
+    if photos is not None:
+        folder.mkdir()
+        for i, (h, w) in enumerate(photos * 2):  # two photos: one for train, one for test
+            Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(folder / f"tiny{i}.png")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+         f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={folder}"],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

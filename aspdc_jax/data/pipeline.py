@@ -31,7 +31,7 @@ import numpy as np
 
 from aspdc_jax.data import imageio, synthetic
 
-__all__ = ["DATASETS", "EvalPair", "TrainLoader", "eval_pairs", "make_train_loader", "store_for"]
+__all__ = ["DATASETS", "EvalPair", "EvalPairs", "TrainLoader", "eval_pairs", "make_train_loader", "store_for"]
 
 DATASETS = ("synthetic", "gopro", "hide", "realblur_j", "realblur_r", "paired_folder", "unpaired_folder")
 
@@ -44,6 +44,23 @@ class EvalPair:
     blurred: np.ndarray
     sharp: np.ndarray | None
     meta: dict
+
+
+@dataclasses.dataclass
+class EvalPairs:
+    """An iterator of `EvalPair` that knows how many it yields (for progress bars)."""
+
+    count: int
+    pairs: Iterator[EvalPair]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[EvalPair]:
+        return self.pairs
+
+    def __next__(self) -> EvalPair:
+        return next(self.pairs)
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
@@ -207,7 +224,10 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
         photos = synthetic.photo_source(photo_dir, "train")
         for pname, photo in photos:
             if min(photo.shape[:2]) < crop:
-                raise ValueError(f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}")
+                raise ValueError(
+                    f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}; "
+                    "lower config.data.crop_size or remove the photo"
+                )
         num_examples = int(_get(data_cfg, "epoch_size", 2103))
         scales = synthetic.photo_scales(tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,))))
         sides = [min(photo.shape[:2]) for _, photo in photos]
@@ -257,26 +277,31 @@ def synthetic_eval_list(data_cfg: Any, split: str = "test") -> list[tuple[str, n
     )
 
 
-def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> Iterator[EvalPair]:
+def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> EvalPairs:
     """Full evaluation images in a deterministic (sorted-name) order.
 
     synthetic: ``synthetic_test_crops_per_photo`` fixed crops (``synthetic_test_crop_size``)
     of each held-out photo, seeded by ``synthetic_test_seed``; other datasets: the prepared
     store's split (prepared on first use). ``sharp`` is None for unpaired folders.
+    The dataset is opened (and checked) here, not on the first ``next``; ``len()`` of the
+    result is the number of pairs it yields.
     """
     name = _dataset(data_cfg)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     if name == "synthetic":
         pairs = synthetic_eval_list(data_cfg, split)
-        for n, blurred, sharp, info in pairs[:limit] if limit is not None else pairs:
-            yield EvalPair(n, blurred, sharp, dict(info, dataset="synthetic"))
-        return
-    from aspdc_jax.data import builders  # noqa: PLC0415
-
+        pairs = pairs[:limit] if limit is not None else pairs
+        return EvalPairs(len(pairs), (EvalPair(n, b, s, dict(info, dataset="synthetic")) for n, b, s, info in pairs))
     builder = store_for(data_cfg)
     source = builder.as_data_source(_split_of(builder, split))
     count = len(source) if limit is None else min(limit, len(source))
+    return EvalPairs(count, _store_pairs(source, count, name))
+
+
+def _store_pairs(source: Any, count: int, name: str) -> Iterator[EvalPair]:
+    from aspdc_jax.data import builders  # noqa: PLC0415
+
     for i in range(count):
         ex = source[i]
         meta = json.loads(ex["meta"].decode() if isinstance(ex["meta"], bytes) else ex["meta"])
