@@ -2,7 +2,10 @@
 
 INPUTS are image files and/or folders (searched recursively for image files). Each result is
 written to OUTDIR as a PNG named after its input (``photo.jpg`` -> ``photo.png``; a folder's
-sub-folders are kept). Inputs are read with Pillow:
+sub-folders are kept; with several inputs each folder's results go under its name). Names
+that would clash get the input's suffix (``photo.jpg.png``); an OUTDIR that would overwrite
+an input is refused, and an OUTDIR inside an input folder is not searched. Inputs are read
+with Pillow:
 
 * grayscale, palette and CMYK images are converted to RGB; 16-bit images are scaled to
   8 bit (``round(x / 257)``); an alpha channel is set aside and put back on the output;
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageReadError", "LoadedImage", "find_inputs", "main", "read_image", "write_image"]
+__all__ = ["ImageReadError", "LoadedImage", "find_inputs", "main", "plan_outputs", "read_image", "write_image"]
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
@@ -121,26 +124,63 @@ def write_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = No
         Image.fromarray(rgb).save(path)
 
 
-def find_inputs(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
+def find_inputs(inputs: Sequence[str | Path], exclude: str | Path | None = None) -> Iterator[tuple[Path, Path]]:
     """Yields ``(file, output relative path)`` for files and folders (recursive).
 
     A file given directly yields ``name.png``; a file found under a folder keeps its path
-    relative to that folder. Files in folders are filtered by image suffix; files named
-    directly are always tried.
+    relative to that folder, under the folder's own name when several inputs are given
+    (``deblur in1 in2`` -> ``in1/a.png``, ``in2/a.png``). Files in folders are filtered by
+    image suffix; files named directly are always tried. Files under ``exclude`` (the output
+    folder, if it lies inside an input folder) are not searched.
 
     Raises:
       FileNotFoundError: an input does not exist.
     """
+    skip = Path(exclude).resolve() if exclude is not None else None
     for entry in inputs:
         entry = Path(entry)
         if entry.is_dir():
+            prefix = Path(entry.resolve().name) if len(inputs) > 1 else Path()
             for f in sorted(p for p in entry.rglob("*") if p.is_file()):
+                if skip is not None and f.resolve().is_relative_to(skip):
+                    continue
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield f, f.relative_to(entry).with_suffix(".png")
+                    yield f, prefix / f.relative_to(entry).with_suffix(".png")
         elif entry.is_file():
             yield entry, Path(entry.name).with_suffix(".png")
         else:
             raise FileNotFoundError(f"input {entry} does not exist")
+
+
+def plan_outputs(files: Sequence[tuple[Path, Path]], out_dir: str | Path) -> list[tuple[Path, Path]]:
+    """``(input, output file)`` for every input: distinct outputs, none of them an input.
+
+    Inputs mapping to the same PNG (``a.jpg`` and ``a.png`` in one folder, or the same
+    name given twice) get ``a.jpg.png``, then ``a.jpg-2.png``, ... in input order.
+
+    Raises:
+      ValueError: an output would replace one of the input files (``--out`` is an input
+        folder holding PNGs).
+    """
+    out_dir = Path(out_dir)
+    inputs = {path.resolve() for path, _ in files}
+    taken: set[Path] = set()
+    plan = []
+    for path, rel in files:
+        target = out_dir / rel
+        k = 1
+        while target.resolve() in taken:
+            k += 1
+            name = path.name + ".png" if k == 2 else f"{path.name}-{k - 1}.png"
+            target = (out_dir / rel).with_name(name)
+        if target.resolve() in inputs:
+            raise ValueError(
+                f"the output for {path} would replace the input file {target}; choose an --out "
+                "folder that holds none of the inputs"
+            )
+        taken.add(target.resolve())
+        plan.append((path, target))
+    return plan
 
 
 def _parse_bucket(value: str) -> int | str:
@@ -200,12 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.concurrent_schedule:
         inference.use_low_memory_cpu_scheduler(warn=False)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out {out_dir} exists and is not a folder", file=sys.stderr)
+        return 2
+    if any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in args.inputs):
+        print(f"error: --out {out_dir} is one of the input folders; choose another folder", file=sys.stderr)
+        return 2
     try:
-        files = list(find_inputs(args.inputs))
-    except FileNotFoundError as err:
+        plan = plan_outputs(list(find_inputs(args.inputs, exclude=out_dir)), out_dir)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not files:
+    if not plan:
         print("error: no image files found in the inputs", file=sys.stderr)
         return 2
     try:
@@ -216,16 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out)
-    seen: set[Path] = set()
     skipped: list[str] = []
     written = 0
-    bar = tqdm(files, unit="img", desc="deblur", disable=args.quiet, file=sys.stderr)
-    for path, rel in bar:
-        target = out_dir / rel
-        if target in seen:  # a.jpg and a.png in the same folder: keep both
-            target = target.with_name(path.name + ".png")
-        seen.add(target)
+    bar = tqdm(plan, unit="img", desc="deblur", disable=args.quiet, file=sys.stderr)
+    for path, target in bar:
         if target.exists() and not args.overwrite:
             tqdm.write(f"exists, skipped (use --overwrite): {target}", file=sys.stderr)
             continue

@@ -179,7 +179,7 @@ def _check_image(image: Any, where: str) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ValueError(
             f"{where}: expected uint8 RGB images in [0, 255], got dtype {image.dtype} "
-            "(convert with aspdc_jax.deblur.read_image or np.clip(x * 255).astype(np.uint8))"
+            "(convert with aspdc_jax.deblur.read_image or np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for x in [0, 1])"
         )
     if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"{where}: expected an HxWx3 uint8 image, got shape {image.shape}")
@@ -274,7 +274,10 @@ class Deblurrer:
         if tile % self.multiple or tile <= 0:
             raise ValueError(f"tile must be a positive multiple of {self.multiple}, got {tile}")
         if not 0 <= overlap <= tile // 2:
-            raise ValueError(f"overlap must be in [0, tile/2] = [0, {tile // 2}], got {overlap}")
+            raise ValueError(
+                f"overlap (--overlap, default 64) must be in [0, tile/2] = [0, {tile // 2}] for tile {tile}, "
+                f"got {overlap}; lower the overlap or raise the tile size"
+            )
         return tile
 
     # ------------------------------------------------------------------ core

@@ -222,6 +222,39 @@ def test_cli_folder_with_corrupt_file(tmp_path, export_dir, capsys):
     assert deblur_main(["--ckpt", str(export_dir), str(tmp_path / "nope"), "--out", str(out)]) == 2
 
 
+def test_cli_output_names_never_collide_or_replace_inputs(tmp_path, export_dir, capsys):
+    rng = np.random.default_rng(7)
+    for folder in ("in1", "in2", "same"):
+        (tmp_path / folder).mkdir()
+    img = smooth_image(rng, 12, 14)
+    for name in ("in1/a.jpg", "in1/a.png", "in1/a.bmp", "in2/a.jpg", "same/a.png"):
+        Image.fromarray(img).save(tmp_path / name)
+    out = tmp_path / "out"
+    args = ["--ckpt", str(export_dir), "--quiet"]
+    assert deblur_main([*args, str(tmp_path / "in1"), str(tmp_path / "in2"), "--out", str(out)]) == 0
+    produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert produced == ["in1/a.jpg.png", "in1/a.png", "in1/a.png.png", "in2/a.png"]
+    # The same file twice: a second, distinct name.
+    twice = tmp_path / "twice"
+    assert deblur_main([*args, str(tmp_path / "in2" / "a.jpg"), str(tmp_path / "in2" / "a.jpg"), "--out", str(twice)]) == 0
+    assert sorted(p.name for p in twice.iterdir()) == ["a.jpg.png", "a.png"]
+    # Outputs that would replace an input are refused before anything is written.
+    before = (tmp_path / "same" / "a.png").read_bytes()
+    capsys.readouterr()
+    assert deblur_main([*args, str(tmp_path / "same"), "--out", str(tmp_path / "same"), "--overwrite"]) == 2
+    assert "is one of the input folders" in capsys.readouterr().err
+    assert deblur_main([*args, str(tmp_path / "same" / "a.png"), "--out", str(tmp_path / "same"), "--overwrite"]) == 2
+    assert "would replace the input file" in capsys.readouterr().err
+    assert (tmp_path / "same" / "a.png").read_bytes() == before
+    # An --out inside the input folder is not searched on reruns.
+    for _ in range(2):
+        assert deblur_main([*args, str(tmp_path / "in2"), "--out", str(tmp_path / "in2" / "out")]) == 0
+    assert sorted(p.relative_to(tmp_path / "in2").as_posix() for p in (tmp_path / "in2").rglob("*.png")) == ["out/a.png"]
+    # --out is a file.
+    assert deblur_main([*args, str(tmp_path / "in2"), "--out", str(tmp_path / "in2" / "a.jpg")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_unit_conventions_roundtrip():
     u8 = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
     np.testing.assert_array_equal(np.asarray(to_uint8(to_model(u8, jnp.float32))), u8)
