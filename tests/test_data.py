@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 import time
 
 import jax
@@ -286,8 +288,12 @@ def test_error_missing_folder(tmp_path):
         _prepare(tmp_path / "nowhere", tmp_path)
     for sub in ("blur", "sharp"):
         _save(tmp_path / "GOPRO_Large" / "train" / "GOPR0001_00_00" / sub / "000001.png", _img(8, 8, 0))
-    with pytest.raises(FileNotFoundError, match=r"GOPRO_Large/test"):
-        _prepare(tmp_path, tmp_path, "gopro")
+    with pytest.raises(FileNotFoundError, match=r"GOPRO_Large/(test|train)"):
+        _prepare(tmp_path / "GOPRO_Large" / "train", tmp_path, "gopro")
+    # Only the train split on disk: it can be trained on; asking for test names what is missing.
+    assert list(_prepare(tmp_path, tmp_path, "gopro").info.splits.keys()) == ["train"]
+    with pytest.raises(ValueError, match=r"no split 'test' in the prepared store \(it has \['train'\]\)"):
+        list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
     with pytest.raises(ValueError, match="data_dir"):
         list(eval_pairs(_cfg(dataset="gopro")))
 
@@ -345,6 +351,31 @@ def test_store_reprepare_from_other_folder_is_refused(tmp_path):
     builders.prepare("hide", manual_dir=tmp_path / "a", tfds_dir=tmp_path / "tfds")
     with pytest.raises(ValueError, match="was prepared from"):
         builders.prepare("hide", manual_dir=tmp_path / "b", tfds_dir=tmp_path / "tfds")
+
+
+def test_store_is_prepared_again_when_the_folder_changes(tmp_path):
+    root = _paired(tmp_path)
+    cfg = _cfg(dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "tfds"))
+    names = [p.name for p in eval_pairs(cfg)]
+    assert [p.name for p in eval_pairs(cfg)] == names  # unchanged: reused
+    removed = names[0]
+    for sub in ("blur", "sharp"):
+        (root / sub / f"{removed}.png").unlink()
+        _save(root / sub / "zz_new.png", _img(30, 34, 9))
+    assert [p.name for p in eval_pairs(cfg)] == [*names[1:], "zz_new"]
+    # An edited file (same name) is picked up too.
+    edited = _img(30, 34, 5)
+    _save(root / "blur" / f"{names[1]}.png", edited)
+    os.utime(root / "blur" / f"{names[1]}.png", ns=(1, 1))
+    pair = next(p for p in eval_pairs(cfg) if p.name == names[1])
+    assert np.array_equal(pair.blurred, edited)
+
+
+def test_gopro_test_split_only_can_be_evaluated(gopro, tmp_path):
+    raw, _, truth = gopro
+    shutil.copytree(raw / "GOPRO_Large" / "test", tmp_path / "GOPRO_Large" / "test")
+    pairs = list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
+    assert [p.name for p in pairs] == sorted(n for s, n in truth if s == "test")
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -13,8 +13,11 @@ Files are read with Pillow (converted to 8-bit RGB, see `imageio.read_rgb8`) and
 tiles are encoded with Pillow, never with tensorflow. Each builder's DatasetInfo metadata
 records the source folder and every example's size (``metadata["sizes"][split]`` =
 [[name, height, width, blurred file], ...]) so the loader can check crops up front.
-Preparing again reuses the written files (TFDS's normal behaviour); `prepare` refuses a
-store that was prepared from a different folder.
+Preparing again reuses the written files (TFDS's normal behaviour) unless the folder's
+files changed since (names, sizes and modification times are fingerprinted), in which case
+the store is prepared again; `prepare` refuses a store that was prepared from a different
+folder. GoPro and RealBlur stores hold the splits present on disk (a test-only download
+can be evaluated).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import abc
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
+import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -92,6 +97,34 @@ def _check_pairs(pairs: list[layouts.PairFile]) -> list[list]:
     return sizes
 
 
+def _fingerprint(splits: dict[str, list[layouts.PairFile]]) -> str:
+    """Hash of every pair's names, paths, sizes and modification times (detects edits)."""
+    h = hashlib.sha1()
+    for split in sorted(splits):
+        for p in splits[split]:
+            for f in (p.blurred, p.sharp):
+                st = f.stat() if f is not None else None
+                h.update(f"{split}|{p.name}|{f}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _existing_splits(scan, splits: tuple[str, ...]) -> dict[str, list[layouts.PairFile]]:
+    """``{split: scan(split)}`` for the splits present on disk; the last error if none is.
+
+    So a download holding only the test split can be evaluated (and one holding only the
+    train split trained on); asking for the missing split names it (`pipeline._split_of`).
+    """
+    found, missing = {}, None
+    for split in splits:
+        try:
+            found[split] = scan(split)
+        except FileNotFoundError as err:
+            missing = err
+    if not found and missing is not None:
+        raise missing
+    return found
+
+
 def _encode_pair(name: str, blurred: np.ndarray, sharp: np.ndarray | None, meta: dict, where: str) -> dict:
     if sharp is not None and sharp.shape != blurred.shape:
         raise ValueError(
@@ -141,6 +174,7 @@ class _PairStore(tfds.core.GeneratorBasedBuilder):
         manual_dir = pathlib.Path(dl_manager.manual_dir)
         splits = self._scan(manual_dir)
         self.info.metadata["source"] = str(manual_dir.resolve())
+        self.info.metadata["fingerprint"] = _fingerprint(splits)
         self.info.metadata["sizes"] = {s: _check_pairs(p) for s, p in splits.items()}
         return {s: self._generate_examples(p) for s, p in splits.items()}
 
@@ -164,7 +198,7 @@ class GoPro(_PairStore):
     ]
 
     def _scan(self, manual_dir):
-        return {s: layouts.scan_gopro(manual_dir, s, self.builder_config.name) for s in ("train", "test")}
+        return _existing_splits(lambda s: layouts.scan_gopro(manual_dir, s, self.builder_config.name), ("train", "test"))
 
 
 class Hide(_PairStore):
@@ -187,7 +221,7 @@ class RealBlur(_PairStore):
     ]
 
     def _scan(self, manual_dir):
-        return {s: layouts.scan_realblur(manual_dir, s, self.builder_config.name) for s in ("train", "test")}
+        return _existing_splits(lambda s: layouts.scan_realblur(manual_dir, s, self.builder_config.name), ("train", "test"))
 
 
 class PairedFolder(_PairStore):
@@ -306,6 +340,14 @@ def prepare(
         else:
             raise ValueError(f"unknown builder {builder_name!r}")
     builder = cls(config=config, data_dir=str(root), file_format="array_record")
+    if download_config is not None and builder.is_prepared() and builder.info.metadata.get("source") == str(manual):
+        # The same folder, but were files added, removed or edited since? Then prepare again.
+        if builder.info.metadata.get("fingerprint") != _fingerprint(builder._scan(manual)):
+            logging.getLogger(__name__).warning(
+                "%s changed since %s was prepared from it; preparing it again", manual, builder.data_dir
+            )
+            shutil.rmtree(builder.data_dir)
+            builder = cls(config=config, data_dir=str(root), file_format="array_record")
     builder.download_and_prepare(download_config=download_config)
     if download_config is not None:
         source = builder.info.metadata.get("source")
