@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
         )
         result = evaluation.evaluate(cfg)
     print(evaluation.format_table(result))
-    print(f"\nwrote {FLAGS.out}/metrics.json and per_image.csv")
+    print(f"\nwrote {FLAGS.out}/metrics.json" + (" and per_image.csv" if result["num_images"] else ""))
 
 
 if __name__ == "__main__":

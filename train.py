@@ -8,13 +8,17 @@ field on the command line, e.g. ``--config.phases=finetune`` or
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and TensorBoard.")
 config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Training config (a configs/*.py file).", lock_config=True
+    "config", str(Path(__file__).resolve().parent / "configs" / "default.py"),
+    "Training config (a configs/*.py file); override any field with --config.<field>=<value>.",
+    lock_config=True,
 )
 flags.mark_flags_as_required(["workdir"])
 

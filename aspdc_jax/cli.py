@@ -9,8 +9,9 @@ from collections.abc import Iterator
 __all__ = ["USER_ERRORS", "reporting_user_errors"]
 
 # Raised for bad input (a missing folder or checkpoint, a wrong config value, an image
-# smaller than the crop, ...), always with a message that says what to change.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
+# smaller than the crop, an output folder that is a file, ...), with a message that says
+# what to change.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 @contextlib.contextmanager

@@ -169,8 +169,9 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
         so_text = f"{so:.4f}" if so is not None and not math.isnan(so) else ""
         return f"| {name} | {p:.2f} | {s:.4f} | {so_text} |"
 
-    lines.append(row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"]))
-    lines.append(row(label, result["psnr"], result["ssim"], result["ssim_official"]))
+    if result["num_images"]:
+        lines.append(row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"]))
+        lines.append(row(label, result["psnr"], result["ssim"], result["ssim_official"]))
     for name, (p, s) in PAPER_RESULTS.get(result["dataset"], {}).items():
         lines.append(row(name, p, s, None))
     text = "\n".join(lines)
@@ -237,14 +238,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         if pair.sharp is None:
             raise ValueError(f"{pair.name}: no ground truth; evaluation needs paired data")
         h, w = pair.blurred.shape[:2]
+        compilations = deblurrer.num_compilations
         start = time.perf_counter()
         pred = deblurrer.deblur_float(pair.blurred)
         seconds = time.perf_counter() - start
+        compiled = deblurrer.num_compilations > compilations
         pred_u8 = np.round(pred * 255.0).astype(np.uint8)
         sharp = _unit(pair.sharp)
         blurred = _unit(pair.blurred)
         row: dict[str, Any] = {"name": pair.name, "height": h, "width": w}
-        row.update(_scores(pred, sharp))
+        try:
+            row.update(_scores(pred, sharp))
+        except ValueError as err:  # e.g. an image smaller than the SSIM window
+            raise ValueError(f"{pair.name} ({h}x{w}): {err}") from err
         row["psnr_uint8"] = float(metrics.psnr(_unit(pred_u8), sharp))
         base = _scores(blurred, sharp)
         row.update({f"{k}_blurred": v for k, v in base.items()})
@@ -265,6 +271,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             row["reblur_abs_diff_mean"] = float(mean)
             row["reblur_abs_diff_var"] = float(var)
         row["seconds"] = seconds
+        row["compiled"] = compiled  # this image's shape was compiled first (its time includes that)
         rows.append(row)
         rel = _output_name(pair.name)
         if cfg.save_images:
@@ -275,10 +282,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             bar.update(1)
     if bar is not None:
         bar.close()
+    if not rows and cfg.limit == 0:  # e.g. --timing alone
+        result["num_images"] = 0
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        (out / "table.md").write_text(format_table(result) + "\n")
+        return result
     if not rows:
         raise ValueError(f"dataset {cfg.dataset} gave no images (data_dir={cfg.data_dir!r}, split={cfg.split!r})")
 
-    keys = [k for k in rows[0] if k not in ("name", "height", "width")]
+    keys = [k for k in rows[0] if k not in ("name", "height", "width", "compiled")]
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -296,7 +308,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "note": "ReblurNet(blurred, sharp ground truth) scored against the blurred input; "
             "|I_r - I_b| statistics per image on [0, 1], averaged over images",
         }
-    result["seconds_per_image_mean"] = means["seconds"]
+    # Seconds per image, leaving out the images whose shape had to be compiled first.
+    warm = [r["seconds"] for r in rows if not r["compiled"]]
+    result["seconds_per_image_mean"] = _mean(warm) if warm else means["seconds"]
+    result["seconds_per_image_includes_compilation"] = not warm
     result["protocol"] = {
         "psnr": "per image on [0,1] RGB (peak 1), float output clipped; averaged over images",
         "psnr_uint8": "PSNR of the uint8-quantised output",

@@ -305,6 +305,13 @@ def test_error_missing_twin(tmp_path):
         _prepare(root, tmp_path)
 
 
+def test_error_duplicate_names(tmp_path):
+    root = _paired(tmp_path)
+    _save(root / "blur" / "x1.jpg", _img(30, 34, 3))
+    with pytest.raises(ValueError, match=r"x1.jpg and .*x1.png would both be the pair 'x1'"):
+        _prepare(root, tmp_path)
+
+
 def test_error_size_mismatch(tmp_path):
     root = _paired(tmp_path)
     _save(root / "sharp" / "x1.png", _img(31, 34, 0))

@@ -126,6 +126,32 @@ def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_timing_alone_and_tiny_images(tmp_path):
+    """--timing --limit 0 scores nothing and still writes the timing; an image too small for
+    SSIM is named in the error; seconds per image leave out the compiling calls."""
+    from aspdc_jax.evaluation import EvalConfig, evaluate, format_table  # noqa: PLC0415
+
+    export = tiny_export(tmp_path / "export")
+    root = tmp_path / "pf"
+    rng = np.random.default_rng(3)
+    for name, (h, w) in {"a": (20, 24), "b": (20, 24), "c": (20, 24)}.items():
+        for sub in ("blur", "sharp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(smooth_image(rng, h, w)).save(root / sub / f"{name}.png")
+    common = dict(ckpt=str(export), dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"), progress=False)
+    result = evaluate(EvalConfig(out=str(tmp_path / "o1"), limit=0, timing=True, timing_repeats=1, **common))
+    assert result["num_images"] == 0 and result["timing"]["seconds_mean"] > 0
+    assert "s / 1280x720" in format_table(result)
+    result = evaluate(EvalConfig(out=str(tmp_path / "o2"), **common))
+    assert result["num_images"] == 3 and result["seconds_per_image_includes_compilation"] is False
+    with open(tmp_path / "o2" / "per_image.csv") as f:
+        assert [r["compiled"] for r in csv.DictReader(f)] == ["True", "False", "False"]
+    for sub in ("blur", "sharp"):
+        Image.fromarray(smooth_image(rng, 6, 9)).save(root / sub / "tiny.png")
+    with pytest.raises(ValueError, match=r"tiny \(6x9\): .*at least 11x11"):
+        evaluate(EvalConfig(out=str(tmp_path / "o3"), **common))
+
+
 def test_timing_block(tmp_path):
     from aspdc_jax.evaluation import measure_timing
 

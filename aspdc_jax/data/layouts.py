@@ -182,8 +182,22 @@ def scan_paired_folder(folder: str | pathlib.Path) -> list[PairFile]:
         raise FileNotFoundError(f"paired_folder: folder {folder}/sharp does not exist (needed next to {blur_dir})")
     files = list_images(blur_dir)
     if not files:
-        raise FileNotFoundError(f"paired_folder: no images in {blur_dir}")
-    return [PairFile(b.stem, b, _twin(b, sharp_dir), {"file": b.name}) for b in files]
+        nested = " (sub-folders are not searched)" if any(p.is_dir() for p in blur_dir.iterdir()) else ""
+        raise FileNotFoundError(f"paired_folder: no images in {blur_dir}{nested}")
+    return _unique_names([PairFile(b.stem, b, _twin(b, sharp_dir), {"file": b.name}) for b in files])
+
+
+def _unique_names(pairs: list[PairFile]) -> list[PairFile]:
+    """``pairs`` unchanged; ValueError if two share a name (``a.jpg`` and ``a.png``)."""
+    seen: dict[str, pathlib.Path] = {}
+    for p in pairs:
+        if p.name in seen:
+            raise ValueError(
+                f"{seen[p.name]} and {p.blurred} would both be the pair {p.name!r} (same file name "
+                "up to the suffix); rename or remove one"
+            )
+        seen[p.name] = p.blurred
+    return pairs
 
 
 def scan_unpaired_folder(folder: str | pathlib.Path) -> list[PairFile]:
@@ -193,4 +207,4 @@ def scan_unpaired_folder(folder: str | pathlib.Path) -> list[PairFile]:
     files = list_images(sub if sub is not None and not list_images(folder) else folder)
     if not files:
         raise FileNotFoundError(f"unpaired_folder: no images (.png/.jpg/...) in {folder}")
-    return [PairFile(b.stem, b, None, {"file": b.name}) for b in files]
+    return _unique_names([PairFile(b.stem, b, None, {"file": b.name}) for b in files])
