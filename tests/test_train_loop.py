@@ -217,3 +217,24 @@ def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
+    """A finetune finished from deblur step 6 is skipped on reruns, but once the deblur phase
+    has been extended the rerun says that the finetune weights are from the older step."""
+    import shutil  # noqa: PLC0415
+
+    workdir = tmp_path / "w"
+    shutil.copytree(runs["base"] / "full", workdir)
+    c = tiny_config()
+    c.phases = "reblur,finetune"
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    assert "starting from deblur step 6 and reblur step 6" in capsys.readouterr().out
+    c.phases = "deblur,finetune"
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    assert "note:" not in capsys.readouterr().out  # nothing moved
+    c.deblur.num_epochs = 2.0  # deblur resumes at step 6 and runs to 8
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    out = capsys.readouterr().out
+    assert "[finetune] finished earlier" in out
+    assert "fine-tuned from deblur step 6, but" in out and "is now at step 8" in out

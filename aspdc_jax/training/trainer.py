@@ -165,6 +165,23 @@ def compute_modules(config: Mapping[str, Any], deblur: Any, reblur: Any) -> tupl
     return deblur.clone(dtype=dtype), reblur.clone(dtype=dtype)
 
 
+def _warn_if_handoff_moved(workdir: Path, started_from: Mapping[str, int] | None) -> None:
+    """Finetune began from given deblur/reblur steps; say so if those phases moved on since."""
+    if not started_from:
+        return
+    for phase, step in started_from.items():
+        directory = ckpt_lib.phase_dir(workdir, phase)
+        with ckpt_lib.PhaseCheckpoints(directory, read_only=True) as ckpt:
+            now = ckpt.latest_step()
+        if now is not None and now != step:
+            message = (
+                f"[finetune] note: fine-tuned from {phase} step {step}, but {directory} is now at "
+                f"step {now}; delete {ckpt_lib.phase_dir(workdir, 'finetune')} to fine-tune the newer weights"
+            )
+            logging.warning(message)
+            print(message, flush=True)
+
+
 def run_phase(
     phase: str,
     config: ml_collections.ConfigDict,
@@ -210,6 +227,7 @@ def run_phase(
             jax.eval_shape(lambda: init_params(reblur, rng, which="reblur"))
         )
 
+    started_from: dict[str, int] | None = None  # finetune: the deblur/reblur steps it began from
     if latest is not None:
         meta = ckpt.meta(latest)
         what = f"checkpoint {ckpt.directory} (step {latest})"
@@ -222,6 +240,9 @@ def run_phase(
                 reblur_shapes, meta["frozen_shapes"], what=what + " (frozen ReblurNet)",
                 checkpoint_model=meta.get("model_config"), config_model=model_config,
             )
+        started_from = meta.get("started_from")
+        if phase == "finetune":
+            _warn_if_handoff_moved(workdir, started_from)
         if latest >= total:
             logging.info("phase %s already finished (step %d of %d): skipped", phase, latest, total)
             print(f"[{phase}] finished earlier (step {latest}/{total}): skipped", flush=True)
@@ -258,6 +279,7 @@ def run_phase(
                 workdir, shapes, reblur_shapes, model_config, mesh
             )
             print(f"[finetune] starting from deblur step {dstep} and reblur step {rstep}", flush=True)
+            started_from = {"deblur": int(dstep), "reblur": int(rstep)}
         else:
             params = init_params(trained, rng, which=which)
             scale = float(config.get("init_residual_scale", 1.0))
@@ -303,6 +325,8 @@ def run_phase(
         }
         if frozen_shapes is not None:
             meta["frozen_shapes"] = frozen_shapes
+        if started_from is not None:
+            meta["started_from"] = started_from
         ckpt.save(
             step,
             params=state.params,
