@@ -126,6 +126,11 @@ def load_for_inference(directory: str | Path) -> LoadedModels:
         message says what was looked for.
     """
     directory = Path(directory).expanduser().absolute()
+    if directory.is_file():
+        raise CheckpointError(
+            f"{directory} is a file; expected a checkpoint folder (an export from aspdc_jax.convert "
+            "or a train.py workdir). Official .pth files are converted first: python -m aspdc_jax.convert"
+        )
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     if is_export(directory):

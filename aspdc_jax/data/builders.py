@@ -23,13 +23,16 @@ can be evaluated).
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import pathlib
 import shutil
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -348,7 +351,12 @@ def prepare(
             )
             shutil.rmtree(builder.data_dir)
             builder = cls(config=config, data_dir=str(root), file_format="array_record")
-    builder.download_and_prepare(download_config=download_config)
+    if not builder.is_prepared():
+        # TFDS announces "Downloading and preparing"; nothing is downloaded, the files are read.
+        where = f" from {manual}" if download_config is not None else ""
+        print(f"preparing the {builder.name} store{where} in {builder.data_dir} (once)", file=sys.stderr, flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=download_config)
     if download_config is not None:
         source = builder.info.metadata.get("source")
         if source is not None and source != str(manual):
