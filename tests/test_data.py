@@ -292,7 +292,7 @@ def test_error_missing_folder(tmp_path):
         _prepare(tmp_path / "GOPRO_Large" / "train", tmp_path, "gopro")
     # Only the train split on disk: it can be trained on; asking for test names what is missing.
     assert list(_prepare(tmp_path, tmp_path, "gopro").info.splits.keys()) == ["train"]
-    with pytest.raises(ValueError, match=r"no split 'test' in the prepared store \(it has \['train'\]\)"):
+    with pytest.raises(FileNotFoundError, match=r"GoPro test split \(expected GOPRO_Large/test\)"):
         list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
     with pytest.raises(ValueError, match="data_dir"):
         list(eval_pairs(_cfg(dataset="gopro")))
@@ -381,8 +381,12 @@ def test_store_is_prepared_again_when_the_folder_changes(tmp_path):
 def test_gopro_test_split_only_can_be_evaluated(gopro, tmp_path):
     raw, _, truth = gopro
     shutil.copytree(raw / "GOPRO_Large" / "test", tmp_path / "GOPRO_Large" / "test")
-    pairs = list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
+    cfg = _cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))
+    pairs = list(eval_pairs(cfg))
     assert [p.name for p in pairs] == sorted(n for s, n in truth if s == "test")
+    # Evaluation stores the test split alone (never encodes the training set).
+    assert list(pipeline.store_for(cfg, split="test").info.splits.keys()) == ["test"]
+    assert sorted(p.name for p in (tmp_path / "tfds" / "gopro").iterdir() if not p.name.startswith(".")) == ["blur_test"]
 
 
 # ----------------------------------------------------------------------------- pipeline

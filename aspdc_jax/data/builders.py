@@ -128,6 +128,24 @@ def _existing_splits(scan, splits: tuple[str, ...]) -> dict[str, list[layouts.Pa
     return found
 
 
+def _split_configs(variants: dict[str, str]) -> list[tfds.core.BuilderConfig]:
+    """Per variant: ``<variant>`` (every split on disk), ``<variant>_train``, ``<variant>_test``."""
+    configs = []
+    for variant, description in variants.items():
+        configs.append(tfds.core.BuilderConfig(name=variant, description=description))
+        for split in ("train", "test"):
+            configs.append(tfds.core.BuilderConfig(name=f"{variant}_{split}", description=f"{description}, {split} split only"))
+    return configs
+
+
+def _variant_and_splits(config_name: str) -> tuple[str, tuple[str, ...]]:
+    """``"blur_gamma_test"`` -> ``("blur_gamma", ("test",))``; ``"J"`` -> ``("J", ("train", "test"))``."""
+    for split in ("train", "test"):
+        if config_name.endswith("_" + split):
+            return config_name[: -len(split) - 1], (split,)
+    return config_name, ("train", "test")
+
+
 def _encode_pair(name: str, blurred: np.ndarray, sharp: np.ndarray | None, meta: dict, where: str) -> dict:
     if sharp is not None and sharp.shape != blurred.shape:
         raise ValueError(
@@ -195,13 +213,13 @@ class GoPro(_PairStore):
     """GoPro (Nah et al. 2017): GOPRO_Large/{train,test}/<scene>/{blur,blur_gamma,sharp}."""
 
     name = "gopro"
-    BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="blur", description="linear-averaged blur (the standard input)"),
-        tfds.core.BuilderConfig(name="blur_gamma", description="gamma-averaged blur"),
-    ]
+    BUILDER_CONFIGS = _split_configs(
+        {"blur": "linear-averaged blur (the standard input)", "blur_gamma": "gamma-averaged blur"}
+    )
 
     def _scan(self, manual_dir):
-        return _existing_splits(lambda s: layouts.scan_gopro(manual_dir, s, self.builder_config.name), ("train", "test"))
+        variant, splits = _variant_and_splits(self.builder_config.name)
+        return _existing_splits(lambda s: layouts.scan_gopro(manual_dir, s, variant), splits)
 
 
 class Hide(_PairStore):
@@ -218,13 +236,11 @@ class RealBlur(_PairStore):
     """RealBlur (Rim et al. 2020), pairs from the official RealBlur_{J,R}_{train,test}_list.txt."""
 
     name = "realblur"
-    BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="J", description="camera JPEG images"),
-        tfds.core.BuilderConfig(name="R", description="raw images (BM3D-denoised)"),
-    ]
+    BUILDER_CONFIGS = _split_configs({"J": "camera JPEG images", "R": "raw images (BM3D-denoised)"})
 
     def _scan(self, manual_dir):
-        return _existing_splits(lambda s: layouts.scan_realblur(manual_dir, s, self.builder_config.name), ("train", "test"))
+        variant, splits = _variant_and_splits(self.builder_config.name)
+        return _existing_splits(lambda s: layouts.scan_realblur(manual_dir, s, variant), splits)
 
 
 class PairedFolder(_PairStore):

@@ -87,8 +87,13 @@ def _dataset(cfg: Any) -> str:
     return name
 
 
-def store_for(cfg: Any):
-    """Prepare (or reuse) the TFDS store of a non-synthetic ``config.data``; returns the builder."""
+def store_for(cfg: Any, split: str | None = None):
+    """Prepare (or reuse) the TFDS store of a non-synthetic ``config.data``; returns the builder.
+
+    With ``split`` ("train" | "test"), GoPro and RealBlur get a store of that split alone
+    (evaluating on the test set never encodes the training set); other datasets, and
+    ``split=None``, store every split on disk.
+    """
     name = _dataset(cfg)
     if name == "synthetic":
         raise ValueError("the synthetic dataset has no store here; use eval_pairs / make_train_loader")
@@ -102,6 +107,10 @@ def store_for(cfg: Any):
         builder_name, config = "realblur", name[-1].upper()
     from aspdc_jax.data import builders  # noqa: PLC0415 (tensorflow_datasets only for stores)
 
+    if config is not None and split is not None:
+        if split not in ("train", "test"):
+            raise ValueError(f"{name} has the splits 'train' and 'test', got {split!r}")
+        config = f"{config}_{split}"
     return builders.prepare(builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config)
 
 
@@ -237,7 +246,7 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
     elif name in ("hide", "unpaired_folder"):
         raise ValueError(f"dataset {name} is for evaluation only (no training pairs)")
     else:
-        builder = store_for(data_cfg)
+        builder = store_for(data_cfg, split="train")
         split = _split_of(builder, "train")
         too_small = [(n, h, w, f) for n, h, w, f in builder.info.metadata["sizes"][split] if h < crop or w < crop]
         if too_small:
@@ -293,7 +302,7 @@ def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> 
         pairs = synthetic_eval_list(data_cfg, split)
         pairs = pairs[:limit] if limit is not None else pairs
         return EvalPairs(len(pairs), (EvalPair(n, b, s, dict(info, dataset="synthetic")) for n, b, s, info in pairs))
-    builder = store_for(data_cfg)
+    builder = store_for(data_cfg, split=split)
     source = builder.as_data_source(_split_of(builder, split))
     count = len(source) if limit is None else min(limit, len(source))
     return EvalPairs(count, _store_pairs(source, count, name))
