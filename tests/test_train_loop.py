@@ -194,11 +194,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(runs, tmp_path):
 
 @pytest.mark.parametrize("photos, message", [
     (None, r"error: photo folder .*nowhere does not exist"),
-    ([(20, 30)], r"error: photo tiny0.png is 20x30, smaller than the crop 64x64; lower config.data.crop_size"),
+    ([(20, 30), (300, 300)], r"error: photo tiny0.png is 20x30, smaller than the crop 64x64; lower config.data.crop_size"),
+    ([(300, 300), (200, 300)], r"error: held-out photo tiny1.png is 200x300, smaller than the test crop 256x256; "
+                               r"lower config.data.synthetic_test_crop_size"),
+    ([(300, 300), (300, 300)], r"error: config.max_checkpoints_to_keep must be >= 1, got 0"),
 ])
 def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
-    """train.py: a missing photo folder or a photo smaller than the crop gives `error: ...`
-    and exit status 2, not a traceback (before anything is compiled)."""
+    """train.py: a missing photo folder, a photo smaller than the training or the test crop,
+    or a bad config value gives `error: ...` and exit status 2, not a traceback, before
+    anything trains."""
     import re  # noqa: PLC0415
 
     from PIL import Image  # noqa: PLC0415
@@ -206,11 +210,12 @@ def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
     folder = tmp_path / "nowhere"
     if photos is not None:
         folder.mkdir()
-        for i, (h, w) in enumerate(photos * 2):  # two photos: one for train, one for test
+        for i, (h, w) in enumerate(photos):  # two photos: tiny0 for train, tiny1 held out
             Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(folder / f"tiny{i}.png")
+    extra = ["--config.max_checkpoints_to_keep=0"] if "max_checkpoints" in message else []
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
-         f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={folder}"],
+         f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={folder}", *extra],
         capture_output=True, text=True, cwd=str(ROOT), timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
@@ -238,3 +243,29 @@ def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[finetune] finished earlier" in out
     assert "fine-tuned from deblur step 6, but" in out and "is now at step 8" in out
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.crop_size", 20, r"crop_size must be a multiple of 8 and >= 16 for the phases deblur,reblur"),
+    ("max_checkpoints_to_keep", 0, r"max_checkpoints_to_keep must be >= 1"),
+    ("eval_limit", -1, r"eval_limit must be >= 0"),
+    ("deblur.lr", -1.0, r"config.deblur: lr must be > 0"),
+    ("deblur.warmup_epochs", 9.0, r"warmup_epochs must be in \[0, num_epochs=1.5\]"),
+    ("loss", "l2", r"config.loss must be one of"),
+])
+def test_bad_config_values_fail_before_training(tmp_path, field, value, message):
+    c = tiny_config()
+    c.phases = "deblur,reblur"
+    node, _, key = field.rpartition(".")
+    (c[node] if node else c)[key] = value
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    assert not any((tmp_path / p).exists() for p in ("deblur", "reblur"))
+
+
+def test_checkpoint_every_zero_means_only_at_the_end(tmp_path):
+    c = tiny_config()
+    c.checkpoint_every_steps = 0
+    train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    with PhaseCheckpoints(tmp_path / "deblur", read_only=True) as ckpt:
+        assert ckpt.all_steps() == [STEPS]

@@ -484,6 +484,11 @@ def synthetic_test_pairs(
     out = []
     for pname, photo in photos:
         stem = pathlib.Path(pname).stem
+        if min(photo.shape[:2]) < crop_size:
+            raise ValueError(
+                f"held-out photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the test crop "
+                f"{crop_size}x{crop_size}; lower config.data.synthetic_test_crop_size or remove the photo"
+            )
         for k in range(crops_per_photo):
             rng = np.random.default_rng([seed, _name_seed(stem), k])
             blurred, sharp, info = random_crop_pair(photo, crop_size, rng, config, augment=False)

@@ -355,7 +355,8 @@ def run_phase(
         return host
 
     log_every = max(1, int(config.log_every_steps))
-    ckpt_every = max(1, int(config.checkpoint_every_steps))
+    # 0 (or less): only the checkpoint at the end of the phase.
+    ckpt_every = int(config.checkpoint_every_steps) if int(config.checkpoint_every_steps) > 0 else max(1, total)
     image_every = int(config.get("image_every_steps", 0) or 0)
     eval_every = int(config.get("eval_every_steps", 0) or 0)
     pbar = None
@@ -433,12 +434,40 @@ def _run_eval(phase, config, params, eval_fns, eval_pairs_fn, writer, step) -> d
         label = "R(b,s) vs b" if phase == "reblur" else "D(b) vs s"
         base = "s vs b" if phase == "reblur" else "b vs s"
         print(
-            f"[{phase}] step {step}: test PSNR {label} {result['psnr_output']:.2f} dB, "
+            f"[{phase}] step {step}: {config.get('eval_split', 'test')} PSNR {label} {result['psnr_output']:.2f} dB, "
             f"{base} {result['psnr_input']:.2f} dB (gain {result['psnr_gain']:+.2f} dB, "
             f"{result['num_pairs']} pairs)",
             flush=True,
         )
     return result
+
+
+def _check_config(config: ml_collections.ConfigDict, phases: tuple[str, ...]) -> None:
+    """Values that would otherwise fail mid-run (or quietly do the wrong thing); ValueError."""
+    get_loss(str(config.loss))
+    if int(config.max_checkpoints_to_keep) < 1:
+        raise ValueError(f"config.max_checkpoints_to_keep must be >= 1, got {config.max_checkpoints_to_keep}")
+    if int(config.get("eval_limit", 0) or 0) < 0:
+        raise ValueError(f"config.eval_limit must be >= 0 (0 disables the evaluation), got {config.eval_limit}")
+    crop = int(config.data.crop_size)
+    # DeblurNet downsamples twice (multiples of 4); ReblurNet three times (multiples of 8).
+    multiple = 8 if {"reblur", "finetune"} & set(phases) else 4
+    if crop % multiple or crop < 2 * multiple:
+        raise ValueError(
+            f"config.data.crop_size must be a multiple of {multiple} and >= {2 * multiple} for the "
+            f"phases {','.join(phases)}, got {crop}"
+        )
+    for phase in phases:
+        pc = config[phase]
+        if not float(pc.lr) > 0 or float(pc.min_lr) < 0:
+            raise ValueError(f"config.{phase}: lr must be > 0 and min_lr >= 0, got lr={pc.lr}, min_lr={pc.min_lr}")
+        epochs = pc.get("num_epochs")
+        if epochs is not None and not float(epochs) > 0:
+            raise ValueError(f"config.{phase}.num_epochs must be > 0 (or None for the halving schedule's end), got {epochs}")
+        if float(pc.get("warmup_epochs", 0.0)) < 0 or (epochs is not None and float(pc.get("warmup_epochs", 0.0)) > float(epochs)):
+            raise ValueError(
+                f"config.{phase}.warmup_epochs must be in [0, num_epochs={epochs}], got {pc.warmup_epochs}"
+            )
 
 
 def train_and_evaluate(
@@ -460,8 +489,12 @@ def train_and_evaluate(
             f"config.batch_size {config.batch_size} must be a multiple of the device count "
             f"{mesh.devices.size}"
         )
+    _check_config(config, phases)
     deblur, reblur = model_from_config(config.model)
     compute_modules(config, deblur, reblur)  # a bad config.compute_dtype fails here, not mid-run
+    if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
+        # The held-out pairs, checked (and a store prepared) before anything trains.
+        eval_pairs_fn(config.data, split=str(config.get("eval_split", "test")), limit=int(config.eval_limit))
     results = {}
     for phase in phases:
         results[phase] = run_phase(
