@@ -79,6 +79,7 @@ import io
 import pickle
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -270,22 +271,31 @@ def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
       ConversionError: not a zip checkpoint, or no dict of tensors inside.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path} is a folder; expected a .pth checkpoint file")
     if not path.is_file():
         raise ConversionError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":
+            raise ConversionError(f"{path} is a damaged (truncated?) zip archive; download or copy it again")
         raise ConversionError(
             f"{path} is not a torch.save zip checkpoint (the legacy pre-1.6 format is not "
             f"supported: re-save it with a recent torch.save)"
         )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ConversionError(f"{path}: expected one <archive>/data.pkl, found {pickles}")
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = "little"
-        if f"{prefix}byteorder" in archive.namelist():
-            byteorder = archive.read(f"{prefix}byteorder").decode().strip() or "little"
-        obj = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix, byteorder).load()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise ConversionError(f"{path}: expected one <archive>/data.pkl, found {pickles}")
+            prefix = pickles[0][: -len("data.pkl")]
+            byteorder = "little"
+            if f"{prefix}byteorder" in archive.namelist():
+                byteorder = archive.read(f"{prefix}byteorder").decode().strip() or "little"
+            obj = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix, byteorder).load()
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, zlib.error) as err:
+        raise ConversionError(f"{path} is damaged ({type(err).__name__}: {err}); download or copy it again") from err
     state = _unwrap(obj, path)
     out: dict[str, np.ndarray] = {}
     for key, value in state.items():
@@ -478,9 +488,12 @@ def _param_shapes(module: Any, *inputs: jax.ShapeDtypeStruct) -> dict[str, tuple
 
 def _width(sd: Mapping[str, np.ndarray], key: str, what: str) -> int:
     if key not in sd or np.ndim(sd[key]) != 4:
+        other = "ReblurNet" if what == "DeblurNet" else "DeblurNet"
+        other_key = "head_conv.0.weight" if other == "ReblurNet" else "head.0.weight"
+        hint = f"; it looks like a {other} checkpoint: were --deblur and --reblur swapped?" if other_key in sd else ""
         raise ConversionError(
             f"cannot infer the width of {what}: the state dict has no 4-D {key!r} "
-            f"(is this the right file? first keys: {list(sd)[:5]})"
+            f"(is this the right file? first keys: {list(sd)[:5]}){hint}"
         )
     return int(np.shape(sd[key])[0])
 
@@ -551,11 +564,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--deblur", required=True, type=Path, help="DeblurringNet_FT.pth or _NF.pth")
     parser.add_argument("--reblur", type=Path, default=None, help="ReBlurringNet.pth (optional)")
-    parser.add_argument("--out", required=True, type=Path, help="export folder to write")
+    parser.add_argument("--out", required=True, type=Path, help="export folder to write (new, empty, or an earlier export)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     args = parser.parse_args(argv)
 
-    from aspdc_jax.checkpoint import save_export  # noqa: PLC0415 (keeps orbax off the import path)
+    from aspdc_jax.checkpoint import is_export, save_export  # noqa: PLC0415 (keeps orbax off the import path)
 
+    out_dir = args.out.expanduser()
+    problem = None
+    if out_dir.exists() and not out_dir.is_dir():
+        problem = f"--out {out_dir} exists and is not a folder"
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        if not is_export(out_dir):
+            problem = f"--out {out_dir} is not empty and holds no export; choose a new or empty folder"
+        elif not args.overwrite:
+            problem = f"--out {out_dir} already holds an export; add --overwrite to replace it"
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         deblur, deblur_params = deblur_from_official(read_torch_state_dict(args.deblur))
         reblur, reblur_params = None, None

@@ -252,3 +252,35 @@ def test_cli_reports_bad_files(tmp_path, capsys) -> None:
     assert rc == 2
     assert "head.0.weight" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_damaged_files_and_out_folder(tmp_path, capsys) -> None:
+    deblur_pth = FIXTURES / "DeblurringNet_FT.pth"
+    raw = deblur_pth.read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(raw[: len(raw) // 2])
+    with zipfile.ZipFile(deblur_pth) as zin, zipfile.ZipFile(tmp_path / "cutpkl.pth", "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            zout.writestr(item, data[: len(data) // 2] if item.endswith("data.pkl") else data)
+    cases = {
+        "trunc.pth": "damaged (truncated?) zip archive",
+        "cutpkl.pth": "is damaged (",
+        ".": "is a folder; expected a .pth checkpoint file",
+    }
+    for name, message in cases.items():
+        assert convert.main(["--deblur", str(tmp_path / name), "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err, name
+    # Swapped files: the message says so.
+    assert convert.main(["--deblur", str(FIXTURES / "ReBlurringNet.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert "were --deblur and --reblur swapped?" in capsys.readouterr().err
+    # --out: a file, a non-empty non-export folder, an earlier export (needs --overwrite).
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    for out, message in (("afile", "is not a folder"), ("busy", "holds no export")):
+        assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err
+    assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / "e")]) == 0
+    assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / "e")]) == 2
+    assert "add --overwrite" in capsys.readouterr().err
+    assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / "e"), "--overwrite"]) == 0
