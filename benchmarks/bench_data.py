@@ -83,7 +83,7 @@ def main() -> None:
             epoch_size=10_000, augment=True, read_threads=2,
         )
         store_cfg = ml_collections.ConfigDict(dict(base, dataset="gopro", num_workers=0))
-        pipeline.store_for(store_cfg)
+        pipeline.store_for(store_cfg, split="train")  # the store the loader reads
         print(f"fake GoPro store: {args.pairs} pairs of 1280x720 prepared in {time.perf_counter() - t0:.1f} s")
         for source in ("store", "synthetic"):
             for w in workers:

@@ -161,7 +161,11 @@ def _run(name: str, args, extra: list[str]) -> dict:
     cmd = [sys.executable, str(HERE), "--worker", name, "--repeats", str(args.repeats),
            "--batch", str(args.batch), "--matmul_size", str(args.matmul_size), *extra]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"worker {name} {extra} ran past --timeout {args.timeout:g} s; skipped", flush=True)
+        return {"error": f"timed out after {args.timeout:g} s"}
     if proc.returncode != 0:
         print(f"worker {name} {extra} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
         return {"error": proc.stderr[-3000:]}
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="second forward batch size at 720p")
     parser.add_argument("--matmul_size", type=int, default=8192)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per measurement")
-    parser.add_argument("--only", default="matmul,forward,train,fixture", help="comma-separated subset")
+    parser.add_argument("--only", default="matmul,forward,train,fixture",
+                        help="comma-separated subset of matmul, forward, train, fixture (default: all)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
@@ -195,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
+    unknown = set(args.only.split(",")) - set(WORKERS)
+    if unknown:
+        parser.error(f"--only: unknown measurement(s) {sorted(unknown)}; choose from {sorted(WORKERS)}")
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax  # noqa: PLC0415
@@ -203,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     device = jax.devices()[0]
     results: dict = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__}
     print(f"bench_gpu on {results['device']}, jax {jax.__version__}", flush=True)
+    if device.platform == "cpu":
+        print("warning: no GPU found; these are CPU numbers (the full-width 720p steps are slow here)", flush=True)
     only = set(args.only.split(","))
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     if "matmul" in only:
