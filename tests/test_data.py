@@ -154,8 +154,16 @@ def test_synthetic_user_photo_folder(tmp_path):
 
 def test_preview_cli(tmp_path):
     out = tmp_path / "preview.png"
-    synthetic.main(["--preview", str(out), "--rows", "2", "--crop-size", "64"])
+    assert synthetic.main(["--preview", str(out), "--rows", "2", "--crop-size", "64"]) == 0
     assert Image.open(out).size == (64 * 2 + 4, 64 * 2 + 4)
+    # One photo of your own is enough for a preview; one too small is named.
+    (tmp_path / "mine").mkdir()
+    _save(tmp_path / "mine" / "big.png", _img(80, 90, 1))
+    assert synthetic.main(["--preview", str(out), "--rows", "1", "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 0
+    _save(tmp_path / "mine" / "small.png", _img(30, 90, 1))
+    assert synthetic.main(["--preview", str(out), "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 2
+    with pytest.raises(SystemExit):
+        synthetic.main(["--preview", str(out), "--rows", "0"])
 
 
 # ----------------------------------------------------------------------------- image IO

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import numbers
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -510,7 +511,13 @@ def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, p
     from PIL import Image
 
     config = SyntheticBlurConfig(strength=strength)
-    photos = photo_source(photo_dir, "train") + photo_source(photo_dir, "test")
+    if photo_dir is None:
+        photos = builtin_photos("train") + builtin_photos("test")
+    else:
+        photos = load_photos(photo_dir)  # every photo: a preview needs no held-out split
+    small = [f"{n} ({p.shape[0]}x{p.shape[1]})" for n, p in photos if min(p.shape[:2]) < crop_size]
+    if small:
+        raise ValueError(f"photos smaller than --crop-size {crop_size}: {', '.join(small)}")
     rng = np.random.default_rng(seed)
     tiles = []
     psnrs = []
@@ -530,17 +537,27 @@ def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, p
     print(f"wrote {path}: {rows} rows of sharp (left) | blurred (right); mean PSNR {np.mean(psnrs):.2f} dB")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m aspdc_jax.data.synthetic",
+        description="Preview the built-in synthetic motion blur: a grid of sharp | blurred crops.",
+    )
     parser.add_argument("--preview", required=True, help="output PNG: grid of sharp | blurred pairs")
-    parser.add_argument("--strength", type=float, default=1.0, help="blur strength multiplier")
-    parser.add_argument("--crop-size", type=int, default=256)
-    parser.add_argument("--rows", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--photo-dir", default=None, help="folder of sharp photos (default: built-in)")
+    parser.add_argument("--strength", type=float, default=1.0, help="blur strength multiplier, >= 0 (default: %(default)s)")
+    parser.add_argument("--crop-size", type=int, default=256, help="side of each crop in pixels (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=6, help="number of examples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--photo-dir", default=None, help="folder of sharp photos (default: the built-in ones)")
     args = parser.parse_args(argv)
-    _preview(args.preview, args.strength, args.crop_size, args.rows, args.seed, args.photo_dir)
+    if args.rows < 1 or args.crop_size < 1 or not (np.isfinite(args.strength) and args.strength >= 0):
+        parser.error("--rows and --crop-size must be >= 1 and --strength a finite number >= 0")
+    try:
+        _preview(args.preview, args.strength, args.crop_size, args.rows, args.seed, args.photo_dir)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
