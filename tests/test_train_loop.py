@@ -269,3 +269,15 @@ def test_checkpoint_every_zero_means_only_at_the_end(tmp_path):
     train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=None)
     with PhaseCheckpoints(tmp_path / "deblur", read_only=True) as ckpt:
         assert ckpt.all_steps() == [STEPS]
+
+
+def test_resume_with_another_batch_size_says_so(runs, tmp_path, capsys):
+    import shutil  # noqa: PLC0415
+
+    workdir = tmp_path / "w"
+    shutil.copytree(runs["base"] / "full", workdir)
+    c = tiny_config()
+    c.batch_size = 1  # 8 steps per epoch instead of 4: step 6 of 6 becomes step 6 of 12
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    out = capsys.readouterr().out
+    assert "written at 4 steps per epoch, this config gives 8" in out and "resuming from step 6/12" in out

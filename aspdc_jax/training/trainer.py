@@ -240,6 +240,14 @@ def run_phase(
                 reblur_shapes, meta["frozen_shapes"], what=what + " (frozen ReblurNet)",
                 checkpoint_model=meta.get("model_config"), config_model=model_config,
             )
+        if meta.get("steps_per_epoch") not in (None, spe):
+            message = (
+                f"[{phase}] note: {what} was written at {meta['steps_per_epoch']} steps per epoch, "
+                f"this config gives {spe} (batch_size or epoch_size changed); its step {latest} is "
+                f"resumed as step {latest} of the new {total}-step schedule"
+            )
+            logging.warning(message)
+            print(message, flush=True)
         started_from = meta.get("started_from")
         if phase == "finetune":
             _warn_if_handoff_moved(workdir, started_from)
