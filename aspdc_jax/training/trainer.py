@@ -426,6 +426,7 @@ def run_phase(
     ckpt.close()
     seconds = time.time() - t_start
     summary.update(skipped=False, start_step=start, final_step=step, seconds=seconds)
+    print(f"[{phase}] finished: step {step}/{total} in {seconds:.0f} s, saved in {ckpt.directory}", flush=True)
     if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
         summary["eval"] = _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
     writer.write(step, "phase_end", {"seconds": seconds, "start_step": start})
