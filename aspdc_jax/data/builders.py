@@ -16,8 +16,9 @@ records the source folder and every example's size (``metadata["sizes"][split]``
 Preparing again reuses the written files (TFDS's normal behaviour) unless the folder's
 files changed since (names, sizes and modification times are fingerprinted), in which case
 the store is prepared again; `prepare` refuses a store that was prepared from a different
-folder. GoPro and RealBlur stores hold the splits present on disk (a test-only download
-can be evaluated).
+folder. GoPro and RealBlur have configs per split (``blur_test``, ``J_train``, ...: what
+training and evaluation use, so scoring the test set never encodes the training set) and
+per variant (``blur``, ``J``: every split present on disk).
 """
 
 from __future__ import annotations
