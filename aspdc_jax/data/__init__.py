@@ -1,10 +1,22 @@
 """Datasets and input pipeline (DESIGN.md section 7).
 
-Data API (notes/INTERFACES.md): `make_train_loader`, `eval_pairs`, `EvalPair`, `TrainLoader`.
+Data API: `make_train_loader`, `eval_pairs`, `EvalPair`, `TrainLoader`.
 Stores are TFDS array_record builders (`builders`), the built-in default is synthetic
 motion blur of bundled photos (`synthetic`), the stream is a grain pipeline (`pipeline`).
+The names below are imported on first use, so ``python -m aspdc_jax.data.synthetic`` runs
+without importing the pipeline first.
 """
 
-from aspdc_jax.data.pipeline import DATASETS, EvalPair, TrainLoader, eval_pairs, make_train_loader
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["DATASETS", "EvalPair", "TrainLoader", "eval_pairs", "make_train_loader"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from aspdc_jax.data import pipeline  # noqa: PLC0415
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'aspdc_jax.data' has no attribute {name!r}")
