@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"720p model: {fw['model_gflop_720p']:.1f} GFLOP, first call {fw['first_call_seconds_720p']:.1f} s")
     print(f"{'measure':<26}{'value':>12}  bar")
     print(f"{'seconds_720p':<26}{results['seconds_720p']:>12.3f}  best of {args.repeats} "
-          f"(mean {fw['seconds_720p_mean']:.3f}; official PyTorch: 39.5 s)")
+          f"(mean {fw['seconds_720p_mean']:.3f}"
+          + ("; official PyTorch, full width: 39.5 s)" if not args.ckpt else f"; model from {args.ckpt})"))
     for key, (op, bar) in bars.items():
         value = results[key]
         if value is None:
