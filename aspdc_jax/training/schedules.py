@@ -61,6 +61,8 @@ def make_schedule(phase_cfg: ml_collections.ConfigDict, *, steps_per_epoch: int)
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
     lr = float(phase_cfg.lr)
     min_lr = float(phase_cfg.min_lr)
+    if not lr > 0 or not min_lr >= 0:
+        raise ValueError(f"lr must be > 0 and min_lr >= 0, got lr={lr}, min_lr={min_lr}")
     num_epochs = phase_cfg.get("num_epochs")
     if kind == "halving":
         every = float(phase_cfg.halve_every_epochs)
@@ -73,8 +75,11 @@ def make_schedule(phase_cfg: ml_collections.ConfigDict, *, steps_per_epoch: int)
     num_epochs = float(num_epochs)
     if num_epochs <= 0:
         raise ValueError(f"num_epochs must be > 0, got {num_epochs}")
+    warmup_epochs = float(phase_cfg.get("warmup_epochs", 0.0))
+    if not 0 <= warmup_epochs <= num_epochs:
+        raise ValueError(f"warmup_epochs must be in [0, num_epochs={num_epochs:g}], got {warmup_epochs:g}")
     total_steps = max(1, int(round(num_epochs * steps_per_epoch)))
-    warmup_steps = int(round(float(phase_cfg.get("warmup_epochs", 0.0)) * steps_per_epoch))
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     warmup_steps = min(warmup_steps, total_steps - 1) if total_steps > 1 else 0
 
     if kind == "halving":

@@ -165,6 +165,12 @@ def compute_modules(config: Mapping[str, Any], deblur: Any, reblur: Any) -> tupl
     return deblur.clone(dtype=dtype), reblur.clone(dtype=dtype)
 
 
+def _note(message: str) -> None:
+    """A warning the user should see on the console, also in the log."""
+    logging.warning(message)
+    print(message, flush=True)
+
+
 def _warn_if_handoff_moved(workdir: Path, started_from: Mapping[str, int] | None) -> None:
     """Finetune began from given deblur/reblur steps; say so if those phases moved on since."""
     if not started_from:
@@ -174,12 +180,10 @@ def _warn_if_handoff_moved(workdir: Path, started_from: Mapping[str, int] | None
         with ckpt_lib.PhaseCheckpoints(directory, read_only=True) as ckpt:
             now = ckpt.latest_step()
         if now is not None and now != step:
-            message = (
+            _note(
                 f"[finetune] note: fine-tuned from {phase} step {step}, but {directory} is now at "
                 f"step {now}; delete {ckpt_lib.phase_dir(workdir, 'finetune')} to fine-tune the newer weights"
             )
-            logging.warning(message)
-            print(message, flush=True)
 
 
 def run_phase(
@@ -241,13 +245,11 @@ def run_phase(
                 checkpoint_model=meta.get("model_config"), config_model=model_config,
             )
         if meta.get("steps_per_epoch") not in (None, spe):
-            message = (
+            _note(
                 f"[{phase}] note: {what} was written at {meta['steps_per_epoch']} steps per epoch, "
                 f"this config gives {spe} (batch_size or epoch_size changed); its step {latest} is "
                 f"resumed as step {latest} of the new {total}-step schedule"
             )
-            logging.warning(message)
-            print(message, flush=True)
         started_from = meta.get("started_from")
         if phase == "finetune":
             _warn_if_handoff_moved(workdir, started_from)
@@ -363,8 +365,8 @@ def run_phase(
         return host
 
     log_every = max(1, int(config.log_every_steps))
-    # 0 (or less): only the checkpoint at the end of the phase.
-    ckpt_every = int(config.checkpoint_every_steps) if int(config.checkpoint_every_steps) > 0 else max(1, total)
+    ckpt_every = int(config.checkpoint_every_steps)
+    ckpt_every = ckpt_every if ckpt_every > 0 else max(1, total)  # <= 0: only at the phase's end
     image_every = int(config.get("image_every_steps", 0) or 0)
     eval_every = int(config.get("eval_every_steps", 0) or 0)
     pbar = None
@@ -467,16 +469,10 @@ def _check_config(config: ml_collections.ConfigDict, phases: tuple[str, ...]) ->
             f"phases {','.join(phases)}, got {crop}"
         )
     for phase in phases:
-        pc = config[phase]
-        if not float(pc.lr) > 0 or float(pc.min_lr) < 0:
-            raise ValueError(f"config.{phase}: lr must be > 0 and min_lr >= 0, got lr={pc.lr}, min_lr={pc.min_lr}")
-        epochs = pc.get("num_epochs")
-        if epochs is not None and not float(epochs) > 0:
-            raise ValueError(f"config.{phase}.num_epochs must be > 0 (or None for the halving schedule's end), got {epochs}")
-        if float(pc.get("warmup_epochs", 0.0)) < 0 or (epochs is not None and float(pc.get("warmup_epochs", 0.0)) > float(epochs)):
-            raise ValueError(
-                f"config.{phase}.warmup_epochs must be in [0, num_epochs={epochs}], got {pc.warmup_epochs}"
-            )
+        try:  # the schedule's own checks (lr, min_lr, num_epochs, warmup), before any data
+            make_schedule(config[phase], steps_per_epoch=1)
+        except ValueError as err:
+            raise ValueError(f"config.{phase}: {err}") from err
 
 
 def train_and_evaluate(
