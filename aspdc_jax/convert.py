@@ -88,6 +88,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aspdc_jax.cli import FlagParser
 from aspdc_jax.models import DeblurNet, ReblurNet, model_config_dict
 
 __all__ = [
@@ -557,7 +558,7 @@ def reblur_to_official(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="python -m aspdc_jax.convert",
         description="Convert the official ASPDC PyTorch checkpoints (no torch needed) into "
         "an aspdc-jax export folder for inference and evaluation.",

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aspdc_jax.cli import FlagParser
+
 __all__ = ["ImageReadError", "LoadedImage", "find_inputs", "main", "plan_outputs", "read_image", "write_image"]
 
 IMAGE_SUFFIXES = frozenset(
@@ -188,7 +190,7 @@ def _parse_bucket(value: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="python -m aspdc_jax.deblur",
         description=(
             "Deblur images with an ASPDC checkpoint. INPUTS are image files and/or folders "

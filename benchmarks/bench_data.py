@@ -4,7 +4,7 @@ Sources: a prepared GoPro-layout store of 1280x720 PNG pairs (a fake tree made f
 bundled photos, written to a temporary folder) and the synthetic source (fresh blur per
 example). Each is timed with 0 and 2 worker processes after a warm-up.
 
-    python benchmarks/bench_data.py [--pairs 8] [--batches 12] [--batch-size 8] [--json out.json]
+    python benchmarks/bench_data.py [--pairs 8] [--batches 12] [--batch_size 8] [--json out.json]
 
 ``--json`` writes {"pairs_per_s_store", "pairs_per_s_synthetic"} (best worker setting of
 each) plus the full table.
@@ -58,10 +58,12 @@ def time_loader(cfg: ml_collections.ConfigDict, batch_size: int, batches: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=8, help="1280x720 training pairs in the fake store")
     parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--json", default=None)

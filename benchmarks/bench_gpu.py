@@ -183,8 +183,10 @@ def _psnr(a, b) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+
+    parser = FlagParser(description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after compiling")
     parser.add_argument("--batch", type=int, default=4, help="second forward batch size at 720p")

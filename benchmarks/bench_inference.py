@@ -198,7 +198,9 @@ def _run_worker(name: str, args, env: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+
+    parser = FlagParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--ckpt", help="export / workdir to load (default: random full-width params)")
     parser.add_argument("--allocator", choices=("auto", "tcmalloc", "glibc"), default="auto")

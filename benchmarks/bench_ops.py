@@ -23,6 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from aspdc_jax.cli import FlagParser
 from aspdc_jax.ops import deform_conv2d, dynamic_filter
 
 
@@ -90,7 +91,7 @@ def bench_dynamic_filter(shape: tuple[int, int, int, int], repeats: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the (6,64,64,128) results to this file")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     args = parser.parse_args()

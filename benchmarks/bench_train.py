@@ -37,6 +37,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from aspdc_jax.cli import FlagParser  # noqa: E402
 from aspdc_jax.inference import use_low_memory_cpu_scheduler  # noqa: E402
 from aspdc_jax.models import model_from_config  # noqa: E402
 from aspdc_jax.training import (  # noqa: E402
@@ -131,15 +132,15 @@ def measure_steps(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = FlagParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3,
                         help="timed steps per phase (median: one slow step after the warm-up is common)")
-    parser.add_argument("--deblur-width", type=int, default=32)
-    parser.add_argument("--reblur-width", type=int, default=16)
-    parser.add_argument("--num-groups", type=int, default=6)
-    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--deblur_width", type=int, default=32)
+    parser.add_argument("--reblur_width", type=int, default=16)
+    parser.add_argument("--num_groups", type=int, default=6)
+    parser.add_argument("--matmul_n", type=int, default=2048)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of the steps (config.compute_dtype)")
     parser.add_argument("--json", type=str, default=None)

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from aspdc_jax.cli import FlagParser
+
 __all__ = [
     "BUILTIN_TEST_PHOTOS",
     "BUILTIN_TRAIN_PHOTOS",
@@ -517,7 +519,7 @@ def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, p
         photos = load_photos(photo_dir)  # every photo: a preview needs no held-out split
     small = [f"{n} ({p.shape[0]}x{p.shape[1]})" for n, p in photos if min(p.shape[:2]) < crop_size]
     if small:
-        raise ValueError(f"photos smaller than --crop-size {crop_size}: {', '.join(small)}")
+        raise ValueError(f"photos smaller than --crop_size {crop_size}: {', '.join(small)}")
     rng = np.random.default_rng(seed)
     tiles = []
     psnrs = []
@@ -538,19 +540,19 @@ def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="python -m aspdc_jax.data.synthetic",
         description="Preview the built-in synthetic motion blur: a grid of sharp | blurred crops.",
     )
     parser.add_argument("--preview", required=True, help="output PNG: grid of sharp | blurred pairs")
     parser.add_argument("--strength", type=float, default=1.0, help="blur strength multiplier, >= 0 (default: %(default)s)")
-    parser.add_argument("--crop-size", type=int, default=256, help="side of each crop in pixels (default: %(default)s)")
+    parser.add_argument("--crop_size", type=int, default=256, help="side of each crop in pixels (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=6, help="number of examples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--photo-dir", default=None, help="folder of sharp photos (default: the built-in ones)")
+    parser.add_argument("--photo_dir", default=None, help="folder of sharp photos (default: the built-in ones)")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.crop_size < 1 or not (np.isfinite(args.strength) and args.strength >= 0):
-        parser.error("--rows and --crop-size must be >= 1 and --strength a finite number >= 0")
+        parser.error("--rows and --crop_size must be >= 1 and --strength a finite number >= 0")
     try:
         _preview(args.preview, args.strength, args.crop_size, args.rows, args.seed, args.photo_dir)
     except (ValueError, FileNotFoundError, OSError) as err:
