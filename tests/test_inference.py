@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +13,10 @@ import pytest
 from eval_helpers import smooth_image, tiny_export, tiny_models
 from PIL import Image
 
+from aspdc_jax import deblur as deblur_module
 from aspdc_jax import inference
+from aspdc_jax.deblur import MANIFEST_NAME, ImageReadError, read_image
 from aspdc_jax.deblur import main as deblur_main
-from aspdc_jax.deblur import read_image
 from aspdc_jax.images import to_model, to_uint8
 
 
@@ -237,7 +240,7 @@ def test_cli_output_names_never_collide_or_replace_inputs(tmp_path, export_dir, 
     # The same file twice: a second, distinct name.
     twice = tmp_path / "twice"
     assert deblur_main([*args, str(tmp_path / "in2" / "a.jpg"), str(tmp_path / "in2" / "a.jpg"), "--out", str(twice)]) == 0
-    assert sorted(p.name for p in twice.iterdir()) == ["a.jpg.png", "a.png"]
+    assert sorted(p.name for p in twice.glob("*.png")) == ["a.jpg.png", "a.png"]
     # Outputs that would replace an input are refused before anything is written.
     before = (tmp_path / "same" / "a.png").read_bytes()
     capsys.readouterr()
@@ -253,6 +256,159 @@ def test_cli_output_names_never_collide_or_replace_inputs(tmp_path, export_dir, 
     # --out is a file.
     assert deblur_main([*args, str(tmp_path / "in2"), "--out", str(tmp_path / "in2" / "a.jpg")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _pngs(folder) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+
+
+def _manifest_inputs(out) -> dict[str, str]:
+    """output name -> input path, from the output folder's manifest."""
+    data = json.loads((out / MANIFEST_NAME).read_text())
+    return {name: entry["input"] for name, entry in data["outputs"].items()}
+
+
+def test_cli_output_names_are_stable_across_runs(tmp_path, export_dir, capsys, monkeypatch):
+    rng = np.random.default_rng(8)
+    inc, out = tmp_path / "inc", tmp_path / "outinc"
+    inc.mkdir()
+    Image.fromarray(smooth_image(rng, 12, 16)).save(inc / "a.png")
+    args = ["--ckpt", str(export_dir), "--quiet", str(inc), "--out", str(out)]
+    assert deblur_main(args) == 0
+    assert _pngs(out) == ["a.png"]
+    assert _manifest_inputs(out) == {"a.png": str(inc / "a.png")}
+    first = (out / "a.png").read_bytes()
+    # A new input with the same stem gets its own name; a.png is known and unchanged.
+    Image.fromarray(smooth_image(rng, 12, 16)).save(inc / "a.jpg")
+    capsys.readouterr()
+    assert deblur_main(args) == 0
+    err = capsys.readouterr().err
+    assert f"made from this unchanged input, skipped (use --overwrite to redo): {out / 'a.png'}" in err
+    assert "wrote 1 image(s)" in err
+    assert _pngs(out) == ["a.jpg.png", "a.png"]
+    assert _manifest_inputs(out) == {"a.png": str(inc / "a.png"), "a.jpg.png": str(inc / "a.jpg")}
+    assert (out / "a.png").read_bytes() == first
+    # A changed input is deblurred again under its own name; the other is skipped.
+    Image.fromarray(smooth_image(rng, 14, 16)).save(inc / "a.png")
+    assert deblur_main(args) == 0
+    err = capsys.readouterr().err
+    assert "changed since" in err and "wrote 1 image(s)" in err
+    assert _pngs(out) == ["a.jpg.png", "a.png"]
+    with Image.open(out / "a.png") as im:
+        assert im.size == (16, 14)
+    # The manifest is saved after each output: an interrupted run keeps what it wrote.
+    real_write, written = deblur_module.write_image, []
+
+    def write_then_fail(path, rgb, alpha=None):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, rgb, alpha)
+
+    monkeypatch.setattr(deblur_module, "write_image", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        deblur_main([*args[:-1], str(tmp_path / "fresh")])
+    assert _manifest_inputs(tmp_path / "fresh") == {"a.png": str(inc / "a.jpg")}  # a.jpg sorts first
+
+
+def test_cli_unknown_existing_output_is_not_credited_to_another_input(tmp_path, export_dir, capsys):
+    rng = np.random.default_rng(9)
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    for name in ("a.png", "a.jpg"):
+        Image.fromarray(smooth_image(rng, 12, 16)).save(inc / name)
+    stray = _png_bytes(np.zeros((4, 4, 3), np.uint8))
+    args = ["--ckpt", str(export_dir), "--quiet"]
+    # Only one input would be named a.png: the unknown file is skipped as before.
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes(stray)
+    assert deblur_main([*args, str(inc / "a.png"), "--out", str(one)]) == 0
+    assert f"exists, skipped (use --overwrite): {one / 'a.png'}" in capsys.readouterr().err
+    assert (one / "a.png").read_bytes() == stray and not (one / MANIFEST_NAME).exists()
+    # Two inputs would be named a.png: neither is credited with the unknown file.
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "a.png").write_bytes(stray)
+    assert deblur_main([*args, str(inc), "--out", str(two)]) == 0
+    assert "exists" not in capsys.readouterr().err
+    assert _pngs(two) == ["a.jpg.png", "a.png", "a.png.png"]
+    assert (two / "a.png").read_bytes() == stray
+    assert _manifest_inputs(two) == {"a.jpg.png": str(inc / "a.jpg"), "a.png.png": str(inc / "a.png")}
+    # A damaged manifest is an error that says what to do.
+    (two / MANIFEST_NAME).write_text("{not json")
+    assert deblur_main([*args, str(inc), "--out", str(two)]) == 2
+    assert "delete it" in capsys.readouterr().err
+
+
+def test_read_image_16_and_32_bit_integer_gray(tmp_path):
+    values = np.array([[0, 128, 129, 257, 385, 386, 32896, 65535]], dtype=np.uint16)
+    expected = np.array([[0, 0, 1, 1, 1, 2, 128, 255]], dtype=np.uint8)  # round(v / 257)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    Image.fromarray(values.astype(np.int32), mode="I").save(tmp_path / "i32.tif")
+    kinds = {"g16.png": "16-bit grayscale (I;16)", "i32.tif": "32-bit integer grayscale (I) with values in 0..65535"}
+    for name, kind in kinds.items():
+        loaded = read_image(tmp_path / name)
+        assert np.array_equal(loaded.rgb, np.repeat(expected[..., None], 3, axis=-1)), name
+        assert loaded.notes == [f"{kind} scaled to 8 bit (round(v / 257)) and converted to RGB"]
+    Image.fromarray(np.array([[0, 50000, 100000]], dtype=np.int32), mode="I").save(tmp_path / "wide.tif")
+    with pytest.raises(ImageReadError, match=r"values 0\.\.100000, outside the 16-bit range 0\.\.65535; rescale"):
+        read_image(tmp_path / "wide.tif")
+
+
+def test_cli_refuses_32_bit_values_beyond_16_bit(tmp_path, export_dir, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.array([[0, 50000, 100000]] * 8, dtype=np.int32), mode="I").save(src / "wide.tif")
+    Image.fromarray(smooth_image(np.random.default_rng(10), 8, 8)).save(src / "ok.png")
+    out = tmp_path / "out"
+    assert deblur_main(["--ckpt", str(export_dir), "--quiet", str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "wide.tif: I image with values 0..100000" in err and "skipped 1" in err
+    assert _pngs(out) == ["ok.png"]
+
+
+def test_cli_follows_folder_links_without_looping(tmp_path, export_dir, capsys):
+    rng = np.random.default_rng(11)
+    src, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    img = smooth_image(rng, 8, 12)
+    for path in (src / "a.png", src / "sub" / "b.png", elsewhere / "c.png"):
+        Image.fromarray(img).save(path)
+    os.symlink(elsewhere, src / "linked")  # followed
+    os.symlink(src, src / "sub" / "loop")  # a cycle: not followed again
+    args = ["--ckpt", str(export_dir), "--quiet"]
+    out = tmp_path / "out"
+    assert deblur_main([*args, str(src), "--out", str(out)]) == 0
+    assert _pngs(out) == ["a.png", "linked/c.png", "sub/b.png"]
+    assert f"note: {src / 'sub' / 'loop'} links back to {src}" in capsys.readouterr().err
+    # With several inputs, a linked input's results go under the link's name.
+    os.symlink(elsewhere, tmp_path / "alias")
+    multi = tmp_path / "multi"
+    assert deblur_main([*args, str(tmp_path / "alias"), str(src), "--out", str(multi)]) == 0
+    assert _pngs(multi) == ["alias/c.png", "photos/a.png", "photos/linked/c.png", "photos/sub/b.png"]
+    # An --out that contains the input folder does not hide the input.
+    assert deblur_main([*args, str(elsewhere), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_cli_same_named_folders_get_distinct_stable_subfolders(tmp_path, export_dir, capsys):
+    rng = np.random.default_rng(12)
+    a, b = tmp_path / "a" / "pics", tmp_path / "b" / "pics"
+    for folder in (a, b):
+        folder.mkdir(parents=True)
+        Image.fromarray(smooth_image(rng, 8, 8)).save(folder / "p.png")
+    out = tmp_path / "out"
+    args = ["--ckpt", str(export_dir), "--quiet", "--out", str(out)]
+    assert deblur_main([*args, str(a), str(b)]) == 0
+    assert _pngs(out) == ["pics-2/p.png", "pics/p.png"]
+    assert _manifest_inputs(out) == {"pics/p.png": str(a / "p.png"), "pics-2/p.png": str(b / "p.png")}
+    # Reversed order: each folder keeps its sub-folder; nothing is redone.
+    capsys.readouterr()
+    assert deblur_main([*args, str(b), str(a)]) == 0
+    assert "wrote 0 image(s)" in capsys.readouterr().err
+    assert _pngs(out) == ["pics-2/p.png", "pics/p.png"]
 
 
 def test_unit_conventions_roundtrip():

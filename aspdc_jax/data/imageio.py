@@ -3,7 +3,10 @@
 Conversions done by `read_rgb8` (documented, never silent failures):
 - grayscale (L, 1, LA, I;16 gray) -> the gray value replicated to R, G and B;
 - RGBA / LA / palette with transparency -> the alpha channel is discarded (colour kept);
-- 16-bit (I;16*, I, 48/64-bit RGB(A) PNG) -> 8-bit by ``round(v / 257)`` (65535 -> 255);
+- 16-bit grayscale (I;16*, and I with values in 0..65535) -> 8-bit by ``round(v / 257)``
+  (65535 -> 255); an I image with values outside 0..65535 is refused;
+- 48/64-bit RGB(A) PNG -> 8-bit by Pillow's decoder, which keeps the high byte (``v >> 8``;
+  within 1 of ``round(v / 257)``);
 - palette, CMYK, YCbCr -> RGB via Pillow.
 Any file that cannot be decoded raises ValueError naming the file.
 
