@@ -4,23 +4,28 @@ Runs the phases in ``config.phases`` (deblur, reblur, finetune) into ``--workdir
 rerunning the same command resumes, finished phases are skipped. Override any config
 field on the command line, e.g. ``--config.phases=finetune`` or
 ``--config.finetune.reblur_weight=0.5``. Every field is listed, with what it does, in
-configs/default.py. Bad input ends in one ``error:`` line and exit status 2.
+configs/default.py. Bad input ends in one ``error:`` line and exit status 2. Ctrl-C (or
+SIGTERM) finishes the current step, saves a checkpoint and exits; rerun to resume.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and TensorBoard.")
-config_flags.DEFINE_config_file(
-    "config", str(Path(__file__).resolve().parent / "configs" / "default.py"),
-    "Training config (a configs/*.py file); override any field with --config.<field>=<value>.",
-    lock_config=True,
-)
+with reporting_bad_overrides(sys.argv):  # ml_collections applies the overrides right here
+    config_flags.DEFINE_config_file(
+        "config", str(Path(__file__).resolve().parent / "configs" / "default.py"),
+        "Training config (a configs/*.py file); override any field with --config.<field>=<value>.",
+        lock_config=True,
+    )
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -35,12 +40,19 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from aspdc_jax.checkpoint import CheckpointError
     from aspdc_jax.cli import reporting_user_errors
-    from aspdc_jax.training import NonFiniteLossError, train_and_evaluate
+    from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 
     # A bad config value, data folder or checkpoint ends in one line (exit 2).
-    with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=FLAGS.verbosity > 0):
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=FLAGS.verbosity > 0):
+            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM in a step loop: saved, resumable
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:  # elsewhere (data preparation, evaluation): nothing to save
+        print("interrupted; the checkpoints written so far are kept, rerun to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

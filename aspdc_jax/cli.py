@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 
-__all__ = ["USER_ERRORS", "FlagParser", "reporting_user_errors"]
+__all__ = ["USER_ERRORS", "FlagParser", "parse_absl_flags", "reporting_user_errors"]
 
 # Raised for bad input (a missing folder or checkpoint, a wrong config value, an image
 # smaller than the crop, an output folder that is a file, ...), with a message that says
@@ -55,3 +56,50 @@ class FlagParser(argparse.ArgumentParser):
                 token = "--" + name[2:].replace("-", "_") + eq + value
             normalised.append(token)
         return super().parse_known_args(normalised, namespace)
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """``absl.app.run(main, flags_parser=parse_absl_flags)``: like absl's own parser, but a
+    bad flag, a ``--config.<field>`` override that names no field, or a config file that
+    does not load ends in one ``error:`` line and exit status 2 instead of a traceback."""
+    from absl import flags  # noqa: PLC0415
+
+    with reporting_bad_overrides(argv):
+        try:
+            remaining = flags.FLAGS(argv)
+        except flags.Error as err:
+            _exit_usage(str(err))
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    if config is not None:
+        try:
+            config.keys()  # ml_collections defers a config file's load error to first use
+        except OSError as err:
+            cause = str(err.__cause__ or err).strip().splitlines()
+            _exit_usage(f"{flags.FLAGS['config'].serialize()}: the config file does not load: {cause[-1].strip()}")
+    return remaining
+
+
+@contextlib.contextmanager
+def reporting_bad_overrides(argv: Sequence[str]) -> Iterator[None]:
+    """A ``--config.<field>`` override that names no field (ml_collections raises it while
+    the config flag is defined or parsed) -> one ``error:`` line, exit status 2."""
+    try:
+        yield
+    except (AttributeError, KeyError) as err:
+        text = str(err)
+        name = re.search(r"'(\w+)", text)
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        _exit_usage(
+            f"a --config override names no config field"
+            + (f' "{name.group(1)}"' if name else "")
+            + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+            + f"; overrides given: {', '.join(overrides) or 'none'}. The fields are listed in "
+            "configs/default.py"
+        )
+
+
+def _exit_usage(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    print("(--help lists the flags)", file=sys.stderr, flush=True)
+    sys.exit(2)

@@ -58,10 +58,11 @@ RUNNER = textwrap.dedent(
     from aspdc_jax.training import train_and_evaluate
 
     kill_at = int(sys.argv[2])
+    sig = getattr(signal, sys.argv[3])
     class KillingIterator(test_train_fakes.FakeIterator):
         def __next__(self):
             if self.index == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
             return super().__next__()
     test_train_fakes.FakeLoader.__iter__ = lambda self: KillingIterator(self)
     train_and_evaluate(tiny_config(), sys.argv[1],
@@ -71,7 +72,7 @@ RUNNER = textwrap.dedent(
 )
 
 
-def _run(workdir: Path, kill_at: int, cache: Path) -> subprocess.CompletedProcess:
+def _run(workdir: Path, kill_at: int, cache: Path, sig: str = "SIGKILL") -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     # Share compiled programs between the runs (same program, same results).
@@ -80,7 +81,7 @@ def _run(workdir: Path, kill_at: int, cache: Path) -> subprocess.CompletedProces
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     script = RUNNER.format(root=str(ROOT), tests=str(TESTS))
     return subprocess.run(
-        [sys.executable, "-c", script, str(workdir), str(kill_at)],
+        [sys.executable, "-c", script, str(workdir), str(kill_at), sig],
         env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT),
     )
 
@@ -105,7 +106,14 @@ def runs(tmp_path_factory):
     rerun = _run(base / "killed", kill_at=-1, cache=cache)
     assert rerun.returncode == 0 and "DONE" in rerun.stdout, rerun.stderr[-4000:]
     again = _run(base / "killed", kill_at=-1, cache=cache)
-    return {"base": base, "killed_step": killed_step, "rerun": rerun, "again": again}
+    # Ctrl-C while fetching the batch of step 3: step 3 runs, is saved (not a checkpoint
+    # step), and the run stops; the rerun resumes from it.
+    interrupted = _run(base / "interrupted", kill_at=2, cache=cache, sig="SIGINT")
+    resumed = _run(base / "interrupted", kill_at=-1, cache=cache)
+    return {
+        "base": base, "killed_step": killed_step, "rerun": rerun, "again": again,
+        "interrupted": interrupted, "resumed": resumed,
+    }
 
 
 def test_sigkill_then_rerun_matches_uninterrupted_run(runs):
@@ -118,6 +126,56 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(runs):
 
     for x, y in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_ctrl_c_saves_the_current_step_and_a_rerun_resumes(runs):
+    interrupted, resumed = runs["interrupted"], runs["resumed"]
+    assert interrupted.returncode != 0 and "DONE" not in interrupted.stdout
+    assert "SIGINT: stopping after this step" in interrupted.stdout
+    assert "TrainingInterrupted" in interrupted.stderr and "stopped by SIGINT at step 3/6" in interrupted.stderr
+    assert resumed.returncode == 0 and "resuming from step 3/6" in resumed.stdout, resumed.stderr[-4000:]
+    _, full = _final_params(runs["base"] / "full")
+    step, after = _final_params(runs["base"] / "interrupted")
+    assert step == STEPS
+    import jax
+
+    for x, y in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    records = [json.loads(line) for line in (runs["base"] / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["event"] == "train"]
+    assert train_steps == sorted(set(train_steps)) == [2, 4, 6]
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
+    from aspdc_jax.training.summaries import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        {"phase": "deblur", "step": 2, "event": "train"},
+        {"phase": "deblur", "step": 4, "event": "train"},
+        {"phase": "reblur", "step": 6, "event": "train"},
+        {"phase": "deblur", "step": 6, "event": "train"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"phase": "deb')  # torn by a kill
+    MetricsWriter(tmp_path, "deblur", tensorboard=False, resume_step=4).close()
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in kept] == [("deblur", 2), ("deblur", 4), ("reblur", 6)]
+
+
+def test_resume_with_another_config_names_the_changes(runs, tmp_path, capsys):
+    import shutil  # noqa: PLC0415
+
+    workdir = tmp_path / "w"
+    shutil.copytree(runs["base"] / "full", workdir)
+    c = tiny_config()
+    c.loss = "charbonnier"
+    c.deblur.num_epochs = 2.0  # extending a phase is normal: not reported
+    c.reblur.lr = 0.5  # another phase's section: not reported
+    c.log_every_steps = 1  # logging cadence: not reported
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    out = capsys.readouterr().out
+    assert "was trained with another config: loss: 'mse' -> 'charbonnier'." in out, out
+    assert "num_epochs" not in out and "reblur.lr" not in out and "log_every" not in out
 
 
 def test_finished_phase_is_skipped(runs):
@@ -222,6 +280,26 @@ def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.data.root=x", r'error: a --config override names no config field "root"; overrides given: --config.data.root\.'),
+    ("--config.deblur.num_epoch=1", r'no config field "num_epoch" \(did you mean "num_epochs"\?\)'),
+    ("--config.deblur.lr=fast", r"error: flag --config.deblur.lr=fast: could not convert"),
+    ("--config=configs/missing.py", r"error: --config=configs/missing.py: the config file does not load: .*No such file"),
+    ("--bogus=1", r"error: Unknown command line flag 'bogus'"),
+])
+def test_train_py_bad_flags_are_one_line(tmp_path, flag, message):
+    import re  # noqa: PLC0415
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'run'}", flag],
+        capture_output=True, text=True, cwd=str(ROOT), timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):

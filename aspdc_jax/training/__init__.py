@@ -17,6 +17,7 @@ from aspdc_jax.training.state import PHASES, TrainState, init_params, make_optim
 from aspdc_jax.training.steps import make_eval_fns, make_loss_fn, make_train_step
 from aspdc_jax.training.trainer import (
     NonFiniteLossError,
+    TrainingInterrupted,
     parse_phases,
     run_phase,
     train_and_evaluate,
@@ -27,6 +28,7 @@ __all__ = [
     "NonFiniteLossError",
     "PhaseCheckpoints",
     "TrainState",
+    "TrainingInterrupted",
     "charbonnier",
     "get_loss",
     "imagenet_mse",

@@ -123,6 +123,11 @@ class PhaseCheckpoints:
             self._mngr = None
         else:
             self._mngr = ocp.CheckpointManager(self.directory, options=options)
+            # Orbax removes leftover temporary folders in a background thread; finish that
+            # now, or an error right after opening (exit 2) races it at interpreter shutdown.
+            wait = getattr(self._mngr, "_maybe_await_cleanup_tmp_directory", None)
+            if wait is not None:
+                wait()
 
     def close(self) -> None:
         if self._mngr is not None:
@@ -171,6 +176,17 @@ class PhaseCheckpoints:
         return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
             "meta"
         ]
+
+    def saved_config(self, step: int | None = None) -> dict[str, Any] | None:
+        """The config (as plain JSON) that ``step`` was trained with; None if not stored."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            restored = self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        except Exception:  # noqa: BLE001 (an older or hand-made checkpoint without the item)
+            return None
+        return restored["config"]
 
     def restore(
         self,

@@ -4,6 +4,7 @@ no tensorflow). Only process 0 writes; other processes get a writer that does no
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _drop_records_after(path: Path, phase: str, step: int) -> None:
+    """Rewrites ``path`` (atomically) without ``phase``'s records after ``step`` and without
+    a torn last line (a kill mid-write)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue  # torn by the crash
+            kept.append(line)
+            continue
+        if isinstance(record, dict) and record.get("phase") == phase and int(record.get("step", 0)) > step:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines) or any(not line.endswith("\n") for line in lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 class MetricsWriter:
     """Appends JSON records to ``WORKDIR/metrics.jsonl`` and scalars/images to
     ``WORKDIR/tensorboard/<phase>/``.
@@ -29,7 +54,11 @@ class MetricsWriter:
     "train" (averages since the last record), "eval" (test-pair PSNR) or "phase_end".
     """
 
-    def __init__(self, workdir: str | Path, phase: str, *, tensorboard: bool = True):
+    def __init__(
+        self, workdir: str | Path, phase: str, *, tensorboard: bool = True, resume_step: int | None = None
+    ):
+        """``resume_step``: the step this phase resumes from; records of this phase after it
+        (written before a crash, and about to be written again) are dropped from the JSONL."""
         self.phase = phase
         self.enabled = jax.process_index() == 0
         self._tb = None
@@ -38,6 +67,8 @@ class MetricsWriter:
             return
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            _drop_records_after(workdir / "metrics.jsonl", phase, resume_step)
         self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter  # noqa: PLC0415

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -30,7 +32,7 @@ from aspdc_jax.training.state import PHASES, TrainState, init_params, make_optim
 from aspdc_jax.training.steps import make_eval_fns, make_train_step
 from aspdc_jax.training.summaries import MetricsWriter, image_grid
 
-__all__ = ["NonFiniteLossError", "parse_phases", "run_phase", "train_and_evaluate"]
+__all__ = ["NonFiniteLossError", "TrainingInterrupted", "parse_phases", "run_phase", "train_and_evaluate"]
 
 PyTree = Any
 LoaderFactory = Callable[..., Any]
@@ -41,6 +43,84 @@ _PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 (not an error: the user asked to stop)
+    """SIGINT (Ctrl-C) or SIGTERM stopped a phase after a saved step; rerun to resume.
+
+    ``signum`` is the signal; the conventional exit status is ``128 + signum``.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopRequests:
+    """While active, SIGINT/SIGTERM only record a stop request; the loop then finishes its
+    step, saves and raises TrainingInterrupted. A second Ctrl-C stops at once (losing the
+    steps since the last checkpoint). Only installed in a single-process run's main thread:
+    with several hosts a signal reaches one of them, and a save there alone would hang.
+    """
+
+    def __init__(self, phase: str):
+        self.phase = phase
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n[{self.phase}] {signal.Signals(signum).name}: stopping after this step and "
+            "saving a checkpoint (Ctrl-C again stops at once)",
+            flush=True,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# Config fields that may change between a run and its resumption without a note: logging,
+# checkpoint cadence, evaluation, phase selection and where data/stores live.
+_RESUME_FREE_KEYS = frozenset({
+    "phases", "progress_bar", "log_every_steps", "checkpoint_every_steps", "image_every_steps",
+    "eval_every_steps", "eval_limit", "eval_split", "max_checkpoints_to_keep",
+    "data.num_workers", "data.tfds_dir",
+})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], phase: str) -> list[str]:
+    """``"key: old -> new"`` for the fields that differ between the config a checkpoint of
+    ``phase`` was trained with and the current one (both as plain JSON), leaving out the
+    other phases' sections, ``phase.num_epochs`` (extending a run is normal) and
+    ``_RESUME_FREE_KEYS``."""
+    old, new = _flatten(saved), _flatten(current)
+    other = tuple(f"{p}." for p in PHASES if p != phase)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key in _RESUME_FREE_KEYS or key.startswith(other) or key == f"{phase}.num_epochs":
+            continue
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            changes.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return changes
 
 
 def parse_phases(phases: str | Iterable[str]) -> tuple[str, ...]:
@@ -250,6 +330,14 @@ def run_phase(
                 f"this config gives {spe} (batch_size or epoch_size changed); its step {latest} is "
                 f"resumed as step {latest} of the new {total}-step schedule"
             )
+        saved_config = ckpt.saved_config(latest)
+        changes = config_changes(saved_config, ckpt_lib.config_to_json(config), phase) if saved_config else []
+        if changes:
+            shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+            _note(
+                f"[{phase}] note: resuming {what}, which was trained with another config: {shown}. "
+                "Use a new --workdir to start this phase over with the new config."
+            )
         started_from = meta.get("started_from")
         if phase == "finetune":
             _warn_if_handoff_moved(workdir, started_from)
@@ -312,7 +400,7 @@ def run_phase(
         reblur_weight=float(config.finetune.get("reblur_weight", 0.1)),
     )
     eval_fns = make_eval_fns(deblur, reblur)
-    writer = MetricsWriter(workdir, phase)
+    writer = MetricsWriter(workdir, phase, resume_step=latest)
     config_json = ckpt_lib.config_to_json(config)
     frozen_shapes = reblur_shapes
 
@@ -380,7 +468,9 @@ def run_phase(
     pending = None
     t_log = time.time()
     step = start
+    stop = _StopRequests(phase)
     try:
+        stop.__enter__()
         while step < total:
             batch = next(iterator)
             global_batch = put_global_batch(batch, mesh)
@@ -422,7 +512,19 @@ def run_phase(
                 )
             if eval_every and step % eval_every == 0 and step != total and eval_pairs_fn:
                 _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
+            if stop.signum is not None:
+                if pending is not None:
+                    check(*pending)  # never save a non-finite state
+                if last_saved != step:
+                    save(step)
+                ckpt.close()
+                raise TrainingInterrupted(
+                    f"[{phase}] stopped by {signal.Signals(stop.signum).name} at step {step}/{total}; "
+                    f"saved in {ckpt.directory}. Rerun the same command to resume.",
+                    stop.signum,
+                )
     finally:
+        stop.__exit__()
         if pbar is not None:
             pbar.close()
     ckpt.close()
@@ -456,6 +558,10 @@ def _run_eval(phase, config, params, eval_fns, eval_pairs_fn, writer, step) -> d
 def _check_config(config: ml_collections.ConfigDict, phases: tuple[str, ...]) -> None:
     """Values that would otherwise fail mid-run (or quietly do the wrong thing); ValueError."""
     get_loss(str(config.loss))
+    if int(config.batch_size) < 1:
+        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
+    if str(config.data.dataset) == "synthetic" and int(config.data.epoch_size) < 1:
+        raise ValueError(f"config.data.epoch_size must be >= 1, got {config.data.epoch_size}")
     if int(config.max_checkpoints_to_keep) < 1:
         raise ValueError(f"config.max_checkpoints_to_keep must be >= 1, got {config.max_checkpoints_to_keep}")
     if int(config.get("eval_limit", 0) or 0) < 0:
