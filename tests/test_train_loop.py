@@ -330,10 +330,13 @@ def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     ("deblur.lr", -1.0, r"config.deblur: lr must be > 0"),
     ("deblur.warmup_epochs", 9.0, r"warmup_epochs must be in \[0, num_epochs=1.5\]"),
     ("loss", "l2", r"config.loss must be one of"),
+    ("batch_size", 0, r"config.batch_size must be >= 1, got 0"),
+    ("data.epoch_size", 0, r"config.data.epoch_size must be >= 1, got 0"),
 ])
 def test_bad_config_values_fail_before_training(tmp_path, field, value, message):
     c = tiny_config()
     c.phases = "deblur,reblur"
+    c.data.dataset = "synthetic"  # epoch_size applies to it
     node, _, key = field.rpartition(".")
     (c[node] if node else c)[key] = value
     with pytest.raises(ValueError, match=message):
