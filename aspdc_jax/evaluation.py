@@ -2,7 +2,8 @@
 
 :func:`evaluate` is the library behind ``evaluate.py``. It writes to ``out``:
 
-* ``per_image.csv``: one row per image (name, size, every score, seconds);
+* ``per_image.csv``: one row per image (name, ``file``: its PNG under ``images/`` and the
+  prefix of its ``figures/``, size, every score, seconds);
 * ``metrics.json``: means over the images of ``psnr``, ``psnr_uint8``, ``ssim``,
   ``ssim_official``, the blurred input's own ``psnr_blurred``, ``ssim_blurred``,
   ``ssim_official_blurred``, ``num_images``, and the protocol used; with ``reblur`` a
@@ -154,9 +155,36 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _output_name(name: str) -> Path:
+def _output_name(name: str, taken: set[str]) -> Path:
+    """Relative PNG path for the pair ``name``, never one already in ``taken`` (updated).
+
+    Only a real image extension is replaced (``shot.v1`` -> ``shot.v1.png``, ``a.jpg`` ->
+    ``a.png``); a name that would reuse a path (compared case-insensitively, as some file
+    systems do) gets ``_2``, ``_3``, ... in the order the pairs come (sorted names), so
+    every pair keeps its own image and figures.
+    """
+    from aspdc_jax.data.imageio import IMAGE_EXTENSIONS  # noqa: PLC0415
+
     path = Path(name)
-    return path.with_suffix(".png") if path.suffix else Path(name + ".png")
+    stem = str(path.with_suffix("")) if path.suffix.lower() in IMAGE_EXTENSIONS else name
+    candidate, k = f"{stem}.png", 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = f"{stem}_{k}.png"
+    taken.add(candidate.casefold())
+    return Path(candidate)
+
+
+def _out_folder(out: str) -> Path:
+    """``out`` as a folder path; NotADirectoryError if it, or a folder above it, is a file."""
+    path = Path(out).expanduser()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = f"--out {out} is a file" if existing == path else f"--out {out}: {existing} is a file"
+                raise NotADirectoryError(f"{what}; give a folder")
+            break
+    return path
 
 
 def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)") -> str:
@@ -175,7 +203,9 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
     for name, (p, s) in PAPER_RESULTS.get(result["dataset"], {}).items():
         lines.append(row(name, p, s, None))
     text = "\n".join(lines)
-    text += f"\n({result['num_images']} images; PSNR on [0,1] RGB, SSIM gaussian 11x11 sigma 1.5;"
+    count = result["num_images"]
+    text += f"\n({count} image{'' if count == 1 else 's'};"
+    text += " PSNR on [0,1] RGB, SSIM gaussian 11x11 sigma 1.5;"
     text += " official SSIM: skimage 7x7 uniform, data_range 2)"
     if "psnr_aligned" in result:
         text += (
@@ -206,6 +236,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {cfg.dataset!r}")
+    out = _out_folder(cfg.out)
     loaded = load_for_inference(cfg.ckpt)
     if cfg.reblur and loaded.reblur is None:
         raise ValueError(
@@ -215,7 +246,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     deblurrer = Deblurrer.from_loaded(
         loaded, bucket=cfg.bucket, dtype=cfg.dtype, tile=cfg.tile, overlap=cfg.overlap
     )
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"dataset": cfg.dataset, "checkpoint": str(cfg.ckpt), "source": loaded.source}
 
@@ -228,6 +258,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     reblur_run = _reblur_fn(loaded.reblur) if cfg.reblur else None
     rows: list[dict[str, Any]] = []
+    taken: set[str] = set()  # output names given so far (casefolded)
     pairs = eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
     bar = None
     if cfg.progress:
@@ -246,7 +277,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         pred_u8 = np.round(pred * 255.0).astype(np.uint8)
         sharp = _unit(pair.sharp)
         blurred = _unit(pair.blurred)
-        row: dict[str, Any] = {"name": pair.name, "height": h, "width": w}
+        rel = _output_name(pair.name, taken)
+        row: dict[str, Any] = {"name": pair.name, "file": rel.as_posix(), "height": h, "width": w}
         try:
             row.update(_scores(pred, sharp))
         except ValueError as err:  # e.g. an image smaller than the SSIM window
@@ -273,7 +305,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         row["seconds"] = seconds
         row["compiled"] = compiled  # this image's shape was compiled first (its time includes that)
         rows.append(row)
-        rel = _output_name(pair.name)
         if cfg.save_images:
             figures.save_png(out / "images" / rel, pred_u8)
         if cfg.figures and index < cfg.num_figures:
@@ -290,7 +321,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"dataset {cfg.dataset} gave no images (data_dir={cfg.data_dir!r}, split={cfg.split!r})")
 
-    keys = [k for k in rows[0] if k not in ("name", "height", "width", "compiled")]
+    keys = [k for k in rows[0] if k not in ("name", "file", "height", "width", "compiled")]
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aspdc_jax.data import builders, eval_pairs, imageio, make_train_loader, pipeline, synthetic
+from aspdc_jax.data import builders, eval_pairs, imageio, layouts, make_train_loader, pipeline, synthetic
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -302,7 +302,7 @@ def test_error_missing_folder(tmp_path):
     assert list(_prepare(tmp_path, tmp_path, "gopro").info.splits.keys()) == ["train"]
     with pytest.raises(FileNotFoundError, match=r"GoPro test split \(expected GOPRO_Large/test\)"):
         list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match=r"needs the folder holding it \(train.py: config.data.data_dir; evaluate.py: --data_dir\)"):
         list(eval_pairs(_cfg(dataset="gopro")))
 
 
@@ -364,8 +364,85 @@ def test_store_reprepare_from_other_folder_is_refused(tmp_path):
         _save(r / "test" / "test-close-ups" / "x.png", _img(8, 8, 1))
         (r / "test" / "test-long-shot").mkdir(parents=True)
     builders.prepare("hide", manual_dir=tmp_path / "a", tfds_dir=tmp_path / "tfds")
-    with pytest.raises(ValueError, match="was prepared from"):
+    with pytest.raises(ValueError, match=r"prepared from .*a/HIDE_dataset, not from data_dir .*b/HIDE_dataset; .*"
+                       r"\(train.py: config.data.tfds_dir; evaluate.py: --tfds_dir\)"):
         builders.prepare("hide", manual_dir=tmp_path / "b", tfds_dir=tmp_path / "tfds")
+
+
+def test_dataset_folder_and_its_parent_share_a_store(gopro, tmp_path, capsys):
+    """README trains with data_dir=.../GOPRO_Large and evaluates with its parent: one store."""
+    raw, _, truth = gopro
+    assert layouts.dataset_root("gopro", raw) == layouts.dataset_root("gopro", raw / "GOPRO_Large")
+    tfds_dir = tmp_path / "tfds"
+    b = builders.prepare("gopro", manual_dir=raw, tfds_dir=tfds_dir, config="blur_test")
+    assert b.info.metadata["source"] == str((raw / "GOPRO_Large").resolve())
+    files = sorted(pathlib.Path(b.data_dir).glob("*.array_record*"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert "preparing the gopro store from" in capsys.readouterr().err
+    cfg = _cfg(dataset="gopro", data_dir=str(raw / "GOPRO_Large"), tfds_dir=str(tfds_dir))
+    assert [p.name for p in eval_pairs(cfg)] == sorted(n for s, n in truth if s == "test")
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # reused, not prepared again
+    assert "preparing" not in capsys.readouterr().err
+    # A store that recorded the parent (as before the root was recorded) is the same dataset too.
+    assert builders._source_root("gopro", str(raw)) == (raw / "GOPRO_Large").resolve()
+
+
+def test_folder_errors_come_before_the_store_check(gopro, tmp_path):
+    """An empty data_dir, or one without scene folders, is reported as such, not as a store
+    prepared from another folder."""
+    raw, _, _ = gopro
+    tfds_dir = tmp_path / "tfds"
+    builders.prepare("gopro", manual_dir=raw, tfds_dir=tfds_dir, config="blur_test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty is empty; expected GOPRO_Large/\{train,test\}/<scene>/"):
+        builders.prepare("gopro", manual_dir=tmp_path / "empty", tfds_dir=tfds_dir, config="blur_test")
+    (tmp_path / "noscenes" / "GOPRO_Large" / "test").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no scene folders \(GOPRxxxx_xx_xx\) in .*noscenes/GOPRO_Large/test"):
+        builders.prepare("gopro", manual_dir=tmp_path / "noscenes", tfds_dir=tfds_dir, config="blur_test")
+    shutil.copytree(raw / "GOPRO_Large" / "test", tmp_path / "other" / "GOPRO_Large" / "test")
+    with pytest.raises(ValueError, match="was prepared from"):
+        builders.prepare("gopro", manual_dir=tmp_path / "other", tfds_dir=tfds_dir, config="blur_test")
+
+
+@pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        ("gopro", r"GOPRO_Large/\{train,test\}/<scene>/\{blur,blur_gamma,sharp\}"),
+        ("hide", r"HIDE_dataset/GT/\*.png"),
+        ("realblur_j", r"RealBlur_\{J,R\}_\{train,test\}_list.txt"),
+        ("paired_folder", r"blur/ \+ sharp/"),
+    ],
+)
+def test_empty_or_wrong_data_dir_names_the_layout(tmp_path, dataset, expected):
+    """Checked before TFDS sees the folder (TFDS would raise an AssertionError)."""
+    cfg = _cfg(dataset=dataset, data_dir=str(tmp_path / "d"), tfds_dir=str(tmp_path / "tfds"))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"data_dir for \w+: folder .*d is empty; expected {expected}"):
+        eval_pairs(cfg)
+    (tmp_path / "d" / "notes.txt").write_text("not a dataset")
+    with pytest.raises(FileNotFoundError, match=expected):
+        eval_pairs(cfg)
+    cfg.data_dir = str(tmp_path / "d" / "notes.txt")
+    with pytest.raises(NotADirectoryError, match=r"notes.txt is a file, not a folder"):
+        eval_pairs(cfg)
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_bad_folder_is_reported_before_preparing(gopro, tmp_path, capsys):
+    """'preparing ... (once)' is printed only once the folder has been checked."""
+    raw, _, _ = gopro
+    shutil.copytree(raw / "GOPRO_Large" / "test", tmp_path / "GOPRO_Large" / "test")
+    cfg = _cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))
+    with pytest.raises(FileNotFoundError, match=r"GoPro train split \(expected GOPRO_Large/train\)"):
+        make_train_loader(cfg, global_batch_size=1, seed=0)
+    rb = tmp_path / "rb"
+    _save(rb / "s" / "gt" / "gt_1.png", _img(8, 8, 0))
+    _save(rb / "s" / "blur" / "blur_1.png", _img(8, 8, 1))
+    (rb / "RealBlur_J_test_list.txt").write_text("s/gt/gt_1.png s/blur/blur_1.png\n")
+    with pytest.raises(FileNotFoundError, match=r"RealBlur-R: list file .*RealBlur_R_test_list.txt does not exist"):
+        eval_pairs(_cfg(dataset="realblur_r", data_dir=str(rb), tfds_dir=str(tmp_path / "tfds")))
+    assert "preparing" not in capsys.readouterr().err
+    assert not (tmp_path / "tfds").exists()
 
 
 def test_store_is_prepared_again_when_the_folder_changes(tmp_path):

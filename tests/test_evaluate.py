@@ -108,7 +108,11 @@ def test_evaluate_help_explains_itself():
     [
         (["--ckpt", "{tmp}/missing", "--dataset", "synthetic"], "error: checkpoint folder .*missing does not exist"),
         (["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/nowhere"], "error: data_dir for gopro: folder .*nowhere does not exist"),
+        (["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/empty"],
+         r"error: data_dir for gopro: folder .*empty is empty; expected GOPRO_Large/\{train,test\}/<scene>/"),
         (["--ckpt", "{export}", "--dataset", "synthetic", "--bucket", "odd"], "error: bucket must be"),
+        (["--ckpt", "{export}", "--dataset", "synthetic", "--out", "{tmp}/outfile.png"],
+         r"error: --out .*outfile.png is a file; give a folder"),
     ],
 )
 def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
@@ -116,9 +120,13 @@ def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
     import re  # noqa: PLC0415
 
     export = tiny_export(tmp_path / "export")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "outfile.png").write_bytes(b"not a folder")
     args = [a.format(tmp=tmp_path, export=export) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), *args, "--out", str(tmp_path / "out"), "--noprogress"],
+        [sys.executable, str(REPO / "evaluate.py"), *args, "--noprogress"],
         capture_output=True, text=True, cwd=REPO, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -150,6 +158,69 @@ def test_timing_alone_and_tiny_images(tmp_path):
         Image.fromarray(smooth_image(rng, 6, 9)).save(root / sub / "tiny.png")
     with pytest.raises(ValueError, match=r"tiny \(6x9\): .*at least 11x11"):
         evaluate(EvalConfig(out=str(tmp_path / "o3"), **common))
+
+
+def test_output_names_keep_dots_and_never_collide(tmp_path):
+    """shot.v1 / shot.v2 keep their own PNG and figures; pairs that would share a file
+    (x from x.png, x.png from x.png.png) get distinct, deterministic names."""
+    from aspdc_jax.evaluation import EvalConfig, evaluate  # noqa: PLC0415
+
+    export = tiny_export(tmp_path / "export")
+    root = tmp_path / "pf"
+    rng = np.random.default_rng(5)
+    blurred = {}
+    for file in ("shot.v1.png", "shot.v2.png", "x.png", "x.png.png"):
+        for sub in ("blur", "sharp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            img = smooth_image(rng, 20, 24)
+            Image.fromarray(img).save(root / sub / file, format="PNG")
+            blurred.setdefault(file, img)
+    out = tmp_path / "out"
+    evaluate(EvalConfig(
+        ckpt=str(export), out=str(out), dataset="paired_folder", data_dir=str(root),
+        tfds_dir=str(tmp_path / "t"), save_images=True, figures=True, num_figures=4, progress=False,
+    ))
+    with open(out / "per_image.csv") as f:
+        files = {r["name"]: r["file"] for r in csv.DictReader(f)}
+    assert files == {"shot.v1": "shot.v1.png", "shot.v2": "shot.v2.png", "x": "x.png", "x.png": "x_2.png"}
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(files.values())
+    deblurrer = inference.load(export, bucket="exact")
+    for name, source in (("shot.v1", "shot.v1.png"), ("shot.v2", "shot.v2.png"), ("x", "x.png"), ("x.png", "x.png.png")):
+        saved = np.asarray(Image.open(out / "images" / files[name]))
+        np.testing.assert_array_equal(saved, deblurrer.deblur(blurred[source]))
+        assert np.array_equal(np.asarray(Image.open(out / "figures" / files[name].replace(".png", "_input.png"))), blurred[source])
+    assert len(list((out / "figures").glob("*_attention.png"))) == 4
+
+
+def test_output_name_rules():
+    from aspdc_jax.evaluation import _output_name  # noqa: PLC0415
+
+    taken: set[str] = set()
+    names = ["GOPR0384_11_00/000001", "a.JPG", "b.tar", "A", "a", "a_2", "v1.2"]
+    assert [_output_name(n, taken).as_posix() for n in names] == [
+        "GOPR0384_11_00/000001.png", "a.png", "b.tar.png", "A_2.png", "a_3.png", "a_2_2.png", "v1.2.png",
+    ]
+
+
+def test_table_counts_images_in_words():
+    from aspdc_jax.evaluation import format_table  # noqa: PLC0415
+
+    scores = dict(psnr=30.0, ssim=0.9, ssim_official=0.91, psnr_blurred=25.0, ssim_blurred=0.8, ssim_official_blurred=0.81)
+    assert "\n(1 image; PSNR" in format_table(dict(scores, dataset="gopro", num_images=1))
+    assert "\n(3 images; PSNR" in format_table(dict(scores, dataset="gopro", num_images=3))
+    assert "\n(0 images; PSNR" in format_table(dict(dataset="gopro", num_images=0))
+
+
+def test_out_that_is_a_file_is_refused_first(tmp_path):
+    from aspdc_jax.evaluation import EvalConfig, evaluate  # noqa: PLC0415
+
+    (tmp_path / "outfile.png").write_bytes(b"x")
+    for out, message in (
+        ("outfile.png", r"^--out .*outfile.png is a file; give a folder$"),
+        ("outfile.png/sub", r"^--out .*outfile.png/sub: .*outfile.png is a file; give a folder$"),
+    ):
+        with pytest.raises(NotADirectoryError, match=message):  # before the (missing) checkpoint is read
+            evaluate(EvalConfig(ckpt=str(tmp_path / "missing"), out=str(tmp_path / out), dataset="synthetic"))
 
 
 def test_timing_block(tmp_path):

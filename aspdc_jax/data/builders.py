@@ -11,14 +11,15 @@ Builders: `gopro` (configs blur / blur_gamma), `hide`, `realblur` (configs J / R
 
 Files are read with Pillow (converted to 8-bit RGB, see `imageio.read_rgb8`) and the PNG
 tiles are encoded with Pillow, never with tensorflow. Each builder's DatasetInfo metadata
-records the source folder and every example's size (``metadata["sizes"][split]`` =
+records the dataset root (`layouts.dataset_root`) and every example's size (``metadata["sizes"][split]`` =
 [[name, height, width, blurred file], ...]) so the loader can check crops up front.
 Preparing again reuses the written files (TFDS's normal behaviour) unless the folder's
 files changed since (names, sizes and modification times are fingerprinted), in which case
-the store is prepared again; `prepare` refuses a store that was prepared from a different
-folder. GoPro and RealBlur have configs per split (``blur_test``, ``J_train``, ...: what
-training and evaluation use, so scoring the test set never encodes the training set) and
-per variant (``blur``, ``J``: every split present on disk).
+the store is prepared again; `prepare` checks the folder first and refuses a store that was
+prepared from a different dataset root. GoPro and RealBlur have configs per split
+(``blur_test``, ``J_train``, ...: what training and evaluation use, so scoring the test set
+never encodes the training set) and per variant (``blur``, ``J``: every split present on
+disk).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ class _PairStore(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         manual_dir = pathlib.Path(dl_manager.manual_dir)
         splits = self._scan(manual_dir)
-        self.info.metadata["source"] = str(manual_dir.resolve())
+        self.info.metadata["source"] = str(layouts.dataset_root(self.name, manual_dir))
         self.info.metadata["fingerprint"] = _fingerprint(splits)
         self.info.metadata["sizes"] = {s: _check_pairs(p) for s, p in splits.items()}
         return {s: self._generate_examples(p) for s, p in splits.items()}
@@ -328,6 +329,35 @@ _NAMED = {"gopro": GoPro, "hide": Hide, "realblur": RealBlur}
 _FOLDERS = {"paired_folder": PairedFolder, "unpaired_folder": UnpairedFolder}
 
 
+def _source_root(builder_name: str, source: str) -> pathlib.Path:
+    """The dataset root a store's recorded ``source`` stands for (the path itself if gone).
+
+    Stores prepared before the root was recorded hold the folder passed in (e.g. the parent
+    of GOPRO_Large); this maps both spellings to the same root.
+    """
+    try:
+        return layouts.dataset_root(builder_name, source)
+    except FileNotFoundError:
+        return pathlib.Path(source)
+
+
+def _check_same_source(builder: tfds.core.GeneratorBasedBuilder, root: pathlib.Path) -> None:
+    """ValueError if the prepared store ``builder`` was prepared from another dataset root."""
+    source = builder.info.metadata.get("source")
+    if source is not None and _source_root(builder.name, source) != root:
+        raise ValueError(
+            f"{builder.data_dir} was prepared from {source}, not from data_dir {root}; delete that "
+            "folder or give another store folder (train.py: config.data.tfds_dir; evaluate.py: --tfds_dir)"
+        )
+
+
+def _announce(builder: tfds.core.GeneratorBasedBuilder, where: str) -> None:
+    """Says that ``builder`` is about to be prepared (TFDS's own "Downloading and preparing"
+    is silenced: nothing is downloaded, the files are read)."""
+    if not builder.is_prepared():
+        print(f"preparing the {builder.name} store {where} (once)", file=sys.stderr, flush=True)
+
+
 def prepare(
     builder_name: str,
     *,
@@ -340,45 +370,44 @@ def prepare(
     gopro/hide/realblur live in ``tfds_dir/<name>/<config>/1.0.0`` (tfds_dir None ->
     $TFDS_DATA_DIR or ~/tensorflow_datasets); paired/unpaired folders in
     ``tfds_dir/folders/<name>-<hash of the folder path>`` so several folders can coexist.
+
+    ``manual_dir`` is checked (exists, not empty, the expected layout, every pair found)
+    before anything is prepared or reused. A store remembers its dataset root
+    (`layouts.dataset_root`: the parent of GOPRO_Large and GOPRO_Large itself are the
+    same dataset) and refuses another one.
     """
     root = pathlib.Path(tfds_dir).expanduser() if tfds_dir else default_tfds_dir()
-    download_config = None
     if builder_name == "synthetic_blur":
-        cls = SyntheticBlur
+        builder = SyntheticBlur(config=config, data_dir=str(root), file_format="array_record")
+        _announce(builder, f"in {builder.data_dir}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare()
+        return builder
+    if builder_name in _FOLDERS:
+        cls = _FOLDERS[builder_name]
+    elif builder_name in _NAMED:
+        cls = _NAMED[builder_name]
     else:
-        if manual_dir is None:
-            raise ValueError(f"dataset {builder_name} needs config.data.data_dir (the folder holding it); got None")
-        manual = pathlib.Path(manual_dir).expanduser().resolve()
-        if not manual.is_dir():
-            raise FileNotFoundError(f"data_dir for {builder_name}: folder {manual} does not exist")
-        download_config = tfds.download.DownloadConfig(manual_dir=str(manual))
-        if builder_name in _FOLDERS:
-            cls = _FOLDERS[builder_name]
-            root = root / "folders" / f"{builder_name}-{hashlib.sha1(str(manual).encode()).hexdigest()[:10]}"
-        elif builder_name in _NAMED:
-            cls = _NAMED[builder_name]
-        else:
-            raise ValueError(f"unknown builder {builder_name!r}")
+        raise ValueError(f"unknown builder {builder_name!r}")
+    if manual_dir is None:
+        raise ValueError(
+            f"dataset {builder_name} needs the folder holding it (train.py: config.data.data_dir; "
+            "evaluate.py: --data_dir); got none"
+        )
+    manual = layouts.check_data_dir(builder_name, manual_dir)
+    if builder_name in _FOLDERS:
+        root = root / "folders" / f"{builder_name}-{hashlib.sha1(str(manual).encode()).hexdigest()[:10]}"
     builder = cls(config=config, data_dir=str(root), file_format="array_record")
-    if download_config is not None and builder.is_prepared() and builder.info.metadata.get("source") == str(manual):
-        # The same folder, but were files added, removed or edited since? Then prepare again.
-        if builder.info.metadata.get("fingerprint") != _fingerprint(builder._scan(manual)):
+    fingerprint = _fingerprint(builder._scan(manual))  # a missing split / scene / twin is named here
+    if builder.is_prepared():
+        _check_same_source(builder, layouts.dataset_root(builder_name, manual))
+        if builder.info.metadata.get("fingerprint") != fingerprint:  # files added, removed or edited
             logging.getLogger(__name__).warning(
                 "%s changed since %s was prepared from it; preparing it again", manual, builder.data_dir
             )
             shutil.rmtree(builder.data_dir)
             builder = cls(config=config, data_dir=str(root), file_format="array_record")
-    if not builder.is_prepared():
-        # TFDS announces "Downloading and preparing"; nothing is downloaded, the files are read.
-        where = f" from {manual}" if download_config is not None else ""
-        print(f"preparing the {builder.name} store{where} in {builder.data_dir} (once)", file=sys.stderr, flush=True)
+    _announce(builder, f"from {manual} in {builder.data_dir}")
     with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(download_config=download_config)
-    if download_config is not None:
-        source = builder.info.metadata.get("source")
-        if source is not None and source != str(manual):
-            raise ValueError(
-                f"{builder.data_dir} was prepared from {source}, not from data_dir {manual}; "
-                "delete that folder or use another config.data.tfds_dir"
-            )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     return builder

@@ -14,7 +14,10 @@ import pathlib
 from aspdc_jax.data.imageio import list_images
 
 __all__ = [
+    "EXPECTED_LAYOUT",
     "PairFile",
+    "check_data_dir",
+    "dataset_root",
     "find_root",
     "scan_gopro",
     "scan_hide",
@@ -26,6 +29,20 @@ __all__ = [
 
 BLUR_DIR_NAMES = ("blur", "blurred", "input")
 SHARP_DIR_NAMES = ("sharp", "gt", "target")
+
+#: Dataset folder names that ``data_dir`` may be or may hold (see `find_root`).
+ROOT_NAMES = {"gopro": "GOPRO_Large", "hide": "HIDE_dataset"}
+
+#: What ``data_dir`` must hold, per builder (for the error messages).
+EXPECTED_LAYOUT = {
+    "gopro": "GOPRO_Large/{train,test}/<scene>/{blur,blur_gamma,sharp}/*.png "
+    "(give GOPRO_Large or the folder holding it)",
+    "hide": "HIDE_dataset/GT/*.png + HIDE_dataset/test/{test-close-ups,test-long-shot}/*.png "
+    "(give HIDE_dataset or the folder holding it)",
+    "realblur": "RealBlur_{J,R}_{train,test}_list.txt next to RealBlur-{J,R}_ECC_IMCORR_centroid_itensity_ref/",
+    "paired_folder": "blur/ + sharp/ with matching file names, or train/ and test/ each holding blur/ + sharp/",
+    "unpaired_folder": "the blurred images, or a blur/ folder holding them",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +68,50 @@ def find_root(manual_dir: str | pathlib.Path, name: str) -> pathlib.Path:
     if manual_dir.name == name or not (manual_dir / name).is_dir():
         return manual_dir
     return manual_dir / name
+
+
+def dataset_root(builder_name: str, manual_dir: str | pathlib.Path) -> pathlib.Path:
+    """The dataset folder that ``manual_dir`` stands for (resolved).
+
+    GoPro and HIDE accept the dataset folder itself or its parent (``/data`` and
+    ``/data/GOPRO_Large`` give the same root); other datasets are read from ``manual_dir``.
+    """
+    manual_dir = pathlib.Path(manual_dir).expanduser()
+    if builder_name in ROOT_NAMES:
+        manual_dir = find_root(manual_dir, ROOT_NAMES[builder_name])
+    return manual_dir.resolve()
+
+
+def _has_top_level(builder_name: str, root: pathlib.Path) -> bool:
+    """Whether ``root`` (a `dataset_root`) holds the first level of the expected layout."""
+    if builder_name == "gopro":
+        return any((root / s).is_dir() for s in ("train", "test"))
+    if builder_name == "hide":
+        return (root / "GT").is_dir()
+    if builder_name == "realblur":
+        return any(root.glob("RealBlur_*_list.txt"))
+    if builder_name == "paired_folder":
+        return any(_find_sub(folder, BLUR_DIR_NAMES) for folder in (root, root / "train", root / "test"))
+    return True  # unpaired_folder: scan_unpaired_folder names what is missing
+
+
+def check_data_dir(builder_name: str, manual_dir: str | pathlib.Path) -> pathlib.Path:
+    """``manual_dir`` resolved, after checking it exists, is not empty and has the layout's
+    first level; the error names the layout expected (`EXPECTED_LAYOUT`).
+
+    Deeper problems (a missing split, scene folder or sharp twin) are named by the scanners.
+    """
+    folder = pathlib.Path(manual_dir).expanduser().resolve()
+    what = f"data_dir for {builder_name}"
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what}: {folder} is a file, not a folder")
+    _require_dir(folder, what)
+    expected = EXPECTED_LAYOUT.get(builder_name, "the dataset")
+    if not any(folder.iterdir()):
+        raise FileNotFoundError(f"{what}: folder {folder} is empty; expected {expected}")
+    if not _has_top_level(builder_name, dataset_root(builder_name, folder)):
+        raise FileNotFoundError(f"{what}: {folder} does not hold the dataset; expected {expected}")
+    return folder
 
 
 def _twin(blurred: pathlib.Path, sharp_dir: pathlib.Path) -> pathlib.Path:
