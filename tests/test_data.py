@@ -166,6 +166,20 @@ def test_preview_cli(tmp_path):
         synthetic.main(["--preview", str(out), "--rows", "0"])
 
 
+@pytest.mark.parametrize("where, message", [
+    ("missing/preview.png", "the folder .*missing does not exist"),
+    ("", "is a folder; give a file name"),
+    ("preview.txt", "give an image file name ending in .png"),
+])
+def test_preview_cli_bad_output_path_fails_before_work(tmp_path, capsys, where, message):
+    import re  # noqa: PLC0415
+
+    assert synthetic.main(["--preview", str(tmp_path / where), "--rows", "1", "--crop_size", "64"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, captured.err), captured.err
+    assert "PSNR" not in captured.out  # nothing was synthesised first
+
+
 # ----------------------------------------------------------------------------- image IO
 
 
