@@ -21,7 +21,7 @@ scoring: --align. Images are scored at their native size (reflect-padded to a mu
 from __future__ import annotations
 
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from aspdc_jax import cli, evaluation, inference
 from aspdc_jax.checkpoint import CheckpointError
@@ -74,6 +74,8 @@ flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # JAX's backend probing and Orbax log at INFO
     if FLAGS.low_memory_schedule:
         inference.use_low_memory_cpu_scheduler()  # before the first JAX computation
     # A missing checkpoint or dataset folder, or a bad flag value, ends in one line (exit 2).

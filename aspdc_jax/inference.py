@@ -125,13 +125,26 @@ def pad_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(images, pads, mode="reflect")
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` overlap."""
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` overlap.
+
+    Every start but the last is a multiple of ``align``; the last is ``length - tile``, so
+    all are when ``length - tile`` is. Pass the network's downsampling factor: a tile that
+    starts off that grid sees the image on a shifted grid and its output differs from the
+    untiled run everywhere, not just near the seams.
+    """
     if length <= tile:
         return [0]
+    span = length - tile
     # As few tiles as the overlap allows, spread evenly (every overlap >= ``overlap``).
     n = -(-(length - overlap) // (tile - overlap))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    while n <= span // align + 2:
+        starts = sorted({round(i * span / (n - 1) / align) * align for i in range(n - 1)} | {span})
+        if all(b - a <= tile - overlap for a, b in zip(starts, starts[1:])):
+            return starts
+        n += 1
+    # tile - overlap < align: every grid position (the most overlap the grid allows).
+    return sorted(set(range(0, span, align)) | {span})
 
 
 def _edge_weights(length: int, before: int, after: int) -> np.ndarray:
@@ -332,7 +345,8 @@ class Deblurrer:
         ph, pw = padded.shape[:2]
         acc = np.zeros((ph, pw, 3), np.float32)
         weight = np.zeros((ph, pw, 1), np.float32)
-        ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
+        ys = tile_starts(ph, th, overlap, self.multiple)
+        xs = tile_starts(pw, tw, overlap, self.multiple)
         wys = {y: _edge_weights(th, *o) for y, o in zip(ys, _overlaps(ys, th))}
         wxs = {x: _edge_weights(tw, *o) for x, o in zip(xs, _overlaps(xs, tw))}
         boxes = [(y, x) for y in ys for x in xs]

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from eval_helpers import smooth_image, tiny_export, tiny_models
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from aspdc_jax import deblur as deblur_module
@@ -57,6 +59,24 @@ def test_tile_starts_cover_with_overlap():
         starts = inference.tile_starts(length, tile, overlap)
         assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    length=st.integers(1, 5000).map(lambda n: 4 * n),
+    tile=st.integers(1, 400).map(lambda n: 4 * n),
+    overlap_frac=st.floats(0, 0.5),
+)
+def test_tile_starts_stay_on_the_network_grid(length, tile, overlap_frac):
+    """Tiles start on multiples of 4 (the DeblurNet downsampling), so a tile sees the image
+    on the same grid as an untiled run: e.g. 620 px in 256-px tiles used to start at 182."""
+    overlap = int(tile * overlap_frac)
+    starts = inference.tile_starts(length, tile, overlap, align=4)
+    assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
+    assert all(s % 4 == 0 for s in starts) and starts == sorted(set(starts))
+    if tile - overlap >= 4:
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    assert inference.tile_starts(620, 256, 64, align=4) == [0, 184, 364]
 
 
 @pytest.mark.parametrize("shape", [(17, 23), (1, 9), (12, 16)])
@@ -126,6 +146,19 @@ def test_tiled_agrees_with_untiled(tiny):
     assert np.mean(diff) < 0.5  # and the seams themselves are close too
     # One compile for the full image, one for the tile shape.
     assert deblurrer.num_compilations == 2
+
+
+def test_tiling_uses_grid_aligned_starts(tiny, monkeypatch):
+    module, params = tiny
+    calls = []
+    real = inference.tile_starts
+    monkeypatch.setattr(inference, "tile_starts", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    deblurrer = inference.Deblurrer(module, params, bucket="exact")
+    out = deblurrer.deblur(smooth_image(np.random.default_rng(5), 210, 60), tile=64, overlap=8)
+    assert out.shape == (210, 60, 3)
+    starts = [real(*a, **k) for a, k in calls]
+    assert starts[0] == [0, 48, 100, 148]  # 212 px (padded) in 64-px tiles; unaligned: 49, 99
+    assert all(s % deblurrer.multiple == 0 for ss in starts for s in ss)
 
 
 def test_bfloat16_close_to_float32(tiny):
