@@ -160,6 +160,10 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
     MetricsWriter(tmp_path, "deblur", tensorboard=False, resume_step=4).close()
     kept = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["phase"], r["step"]) for r in kept] == [("deblur", 2), ("deblur", 4), ("reblur", 6)]
+    # A phase started afresh (its checkpoints deleted) drops all its earlier records.
+    MetricsWriter(tmp_path, "deblur", tensorboard=False, resume_step=0).close()
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in kept] == [("reblur", 6)]
 
 
 def test_resume_with_another_config_names_the_changes(runs, tmp_path, capsys):
@@ -174,8 +178,26 @@ def test_resume_with_another_config_names_the_changes(runs, tmp_path, capsys):
     c.log_every_steps = 1  # logging cadence: not reported
     train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
     out = capsys.readouterr().out
-    assert "was trained with another config: loss: 'mse' -> 'charbonnier'." in out, out
+    assert "is resumed, but was trained with another config: loss: 'mse' -> 'charbonnier'." in out, out
     assert "num_epochs" not in out and "reblur.lr" not in out and "log_every" not in out
+    assert "[train] 1 cpu device on 1 host; global batch 2 (2 per device)" in out
+    # A finished phase with another config is kept (skipped), and the note says how to redo it.
+    c.adam_eps = 1e-3
+    train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
+    out = capsys.readouterr().out
+    assert "finished with another config: adam_eps: 1e-18 -> 0.001. It is kept as it is; to redo" in out, out
+    assert f"delete {workdir / 'deblur'}" in out and "finished earlier (step 8/8): skipped" in out
+
+
+def test_eval_limit_zero_disables_in_phase_evaluation_too(tmp_path):
+    c = tiny_config()
+    c.eval_limit = 0
+    c.eval_every_steps = 1
+    calls = []
+    train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory,
+                       eval_pairs_fn=lambda *a, **k: calls.append(1) or [])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert not calls and not [r for r in records if r["event"] == "eval"]
 
 
 def test_finished_phase_is_skipped(runs):

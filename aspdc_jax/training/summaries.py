@@ -57,8 +57,10 @@ class MetricsWriter:
     def __init__(
         self, workdir: str | Path, phase: str, *, tensorboard: bool = True, resume_step: int | None = None
     ):
-        """``resume_step``: the step this phase resumes from; records of this phase after it
-        (written before a crash, and about to be written again) are dropped from the JSONL."""
+        """``resume_step``: the step this phase resumes from (0: it starts afresh). This
+        phase's records after it (written before a crash, or by a run whose checkpoints were
+        deleted) are dropped from the JSONL, and TensorBoard is told to purge its events
+        from that step on (``purge_step``), so no step appears twice."""
         self.phase = phase
         self.enabled = jax.process_index() == 0
         self._tb = None
@@ -73,7 +75,8 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-            self._tb = SummaryWriter(logdir=str(workdir / "tensorboard" / phase))
+            purge = None if resume_step is None else resume_step + (1 if resume_step else 0)
+            self._tb = SummaryWriter(logdir=str(workdir / "tensorboard" / phase), purge_step=purge)
 
     def write(self, step: int, event: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:

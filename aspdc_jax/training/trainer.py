@@ -334,9 +334,11 @@ def run_phase(
         changes = config_changes(saved_config, ckpt_lib.config_to_json(config), phase) if saved_config else []
         if changes:
             shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+            done = latest >= total
             _note(
-                f"[{phase}] note: resuming {what}, which was trained with another config: {shown}. "
-                "Use a new --workdir to start this phase over with the new config."
+                f"[{phase}] note: {what} {'finished' if done else 'is resumed, but was trained'} with "
+                f"another config: {shown}. {'It is kept as it is; to' if done else 'To'} redo this phase "
+                f"with the new config, delete {ckpt.directory} (or use a new --workdir for every phase)."
             )
         started_from = meta.get("started_from")
         if phase == "finetune":
@@ -400,7 +402,7 @@ def run_phase(
         reblur_weight=float(config.finetune.get("reblur_weight", 0.1)),
     )
     eval_fns = make_eval_fns(deblur, reblur)
-    writer = MetricsWriter(workdir, phase, resume_step=latest)
+    writer = MetricsWriter(workdir, phase, resume_step=latest or 0)
     config_json = ckpt_lib.config_to_json(config)
     frozen_shapes = reblur_shapes
 
@@ -457,6 +459,8 @@ def run_phase(
     ckpt_every = ckpt_every if ckpt_every > 0 else max(1, total)  # <= 0: only at the phase's end
     image_every = int(config.get("image_every_steps", 0) or 0)
     eval_every = int(config.get("eval_every_steps", 0) or 0)
+    if int(config.get("eval_limit", 0) or 0) <= 0:
+        eval_every = 0  # eval_limit 0 disables every evaluation, in-phase ones too
     pbar = None
     if bool(config.get("progress_bar", True)) and jax.process_index() == 0:
         from tqdm import tqdm  # noqa: PLC0415
@@ -530,16 +534,16 @@ def run_phase(
     ckpt.close()
     seconds = time.time() - t_start
     summary.update(skipped=False, start_step=start, final_step=step, seconds=seconds)
-    print(f"[{phase}] finished: step {step}/{total} in {seconds:.0f} s, saved in {ckpt.directory}", flush=True)
     if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
         summary["eval"] = _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
+    print(f"[{phase}] finished: step {step}/{total} in {seconds:.0f} s, saved in {ckpt.directory}", flush=True)
     writer.write(step, "phase_end", {"seconds": seconds, "start_step": start})
     writer.close()
     return summary
 
 
 def _run_eval(phase, config, params, eval_fns, eval_pairs_fn, writer, step) -> dict[str, float]:
-    limit = int(config.get("eval_limit", 0) or 0) or None
+    limit = int(config.get("eval_limit", 0) or 0)
     pairs = eval_pairs_fn(config.data, split=str(config.get("eval_split", "test")), limit=limit)
     result = evaluate_pairs(phase, pairs, params=params, eval_fns=eval_fns)
     writer.write(step, "eval", result)
@@ -601,6 +605,13 @@ def train_and_evaluate(
             f"{mesh.devices.size}"
         )
     _check_config(config, phases)
+    n = mesh.devices.size
+    print(
+        f"[train] {n} {jax.devices()[0].platform} device{'s' if n > 1 else ''} on "
+        f"{jax.process_count()} host{'s' if jax.process_count() > 1 else ''}; global batch "
+        f"{config.batch_size} ({int(config.batch_size) // n} per device)",
+        flush=True,
+    )
     deblur, reblur = model_from_config(config.model)
     compute_modules(config, deblur, reblur)  # a bad config.compute_dtype fails here, not mid-run
     if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
