@@ -197,6 +197,13 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
         so_text = f"{so:.4f}" if so is not None and not math.isnan(so) else ""
         return f"| {name} | {p:.2f} | {s:.4f} | {so_text} |"
 
+    if not result["num_images"] and "timing" in result:  # --limit 0 --timing: timing only
+        t = result["timing"]
+        return (
+            f"| Device | s / {t['width']}x{t['height']} (untiled) | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
+            f"| {t['device']} ({t['dtype']}) | {t['seconds_mean']:.3f} | {t['peak_memory_gib']:.2f} GiB |\n"
+            f"({PAPER_TABLE3})"
+        )
     if result["num_images"]:
         lines.append(row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"]))
         lines.append(row(label, result["psnr"], result["ssim"], result["ssim_official"]))
@@ -222,7 +229,7 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
     if "timing" in result:
         t = result["timing"]
         text += (
-            f"\n\n| Device | s / {t['width']}x{t['height']} | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
+            f"\n\n| Device | s / {t['width']}x{t['height']} (untiled) | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
             f"| {t['device']} ({t['dtype']}) | {t['seconds_mean']:.3f} | {t['peak_memory_gib']:.2f} GiB |\n"
             f"({PAPER_TABLE3})"
         )
@@ -278,7 +285,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         sharp = _unit(pair.sharp)
         blurred = _unit(pair.blurred)
         rel = _output_name(pair.name, taken)
-        row: dict[str, Any] = {"name": pair.name, "file": rel.as_posix(), "height": h, "width": w}
+        # "file": the saved PNG (--save_images) or the figures' name prefix (--figures).
+        file = rel.as_posix() if cfg.save_images else rel.with_suffix("").as_posix() if cfg.figures and index < cfg.num_figures else ""
+        row: dict[str, Any] = {"name": pair.name, "file": file, "height": h, "width": w}
         try:
             row.update(_scores(pred, sharp))
         except ValueError as err:  # e.g. an image smaller than the SSIM window
@@ -365,10 +374,11 @@ def _write_figures(folder: Path, rel: Path, loaded: Any, pair: Any, reblurred: n
     maps = figures.model_maps(loaded.deblur, loaded.deblur_params, pair.blurred)
     factor = maps["factor"]
     figures.save_png(folder / f"{stem}_input.png", pair.blurred)
-    figures.save_png(
-        folder / f"{stem}_attention.png",
-        figures.attention_strip(maps["attention"], factor=factor, height=h, width=w),
-    )
+    if loaded.model_config.get("fusion", "afim") == "afim":  # "sum" ablations have no attention
+        figures.save_png(
+            folder / f"{stem}_attention.png",
+            figures.attention_strip(maps["attention"], factor=factor, height=h, width=w),
+        )
     if maps["offsets"] is not None:
         from aspdc_jax.models.aspdc import BRANCH_DILATIONS  # noqa: PLC0415
 

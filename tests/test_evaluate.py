@@ -149,11 +149,17 @@ def test_timing_alone_and_tiny_images(tmp_path):
     common = dict(ckpt=str(export), dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"), progress=False)
     result = evaluate(EvalConfig(out=str(tmp_path / "o1"), limit=0, timing=True, timing_repeats=1, **common))
     assert result["num_images"] == 0 and result["timing"]["seconds_mean"] > 0
-    assert "s / 1280x720" in format_table(result)
+    assert "s / 1280x720 (untiled)" in format_table(result) and "PSNR" not in format_table(result)
     result = evaluate(EvalConfig(out=str(tmp_path / "o2"), **common))
     assert result["num_images"] == 3 and result["seconds_per_image_includes_compilation"] is False
     with open(tmp_path / "o2" / "per_image.csv") as f:
-        assert [r["compiled"] for r in csv.DictReader(f)] == ["True", "False", "False"]
+        rows = list(csv.DictReader(f))
+    assert [r["compiled"] for r in rows] == ["True", "False", "False"]
+    assert [r["file"] for r in rows] == ["", "", ""]  # nothing saved: no file named
+    evaluate(EvalConfig(out=str(tmp_path / "o4"), figures=True, num_figures=1, **common))
+    with open(tmp_path / "o4" / "per_image.csv") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == ["a", "", ""]  # the figures' prefix
+    assert (tmp_path / "o4" / "figures" / "a_input.png").is_file()
     for sub in ("blur", "sharp"):
         Image.fromarray(smooth_image(rng, 6, 9)).save(root / sub / "tiny.png")
     with pytest.raises(ValueError, match=r"tiny \(6x9\): .*at least 11x11"):
