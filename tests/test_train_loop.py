@@ -233,6 +233,15 @@ def test_load_workdir_for_inference(runs):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     phase_only = load_workdir_for_inference(workdir / "deblur")
     assert phase_only.deblur.width == 4
+    # A step folder loads that step (the run keeps steps 4 and 6).
+    older = load_for_inference(workdir / "deblur" / "4")
+    assert "deblur step 4" in older.source
+    with PhaseCheckpoints(workdir / "deblur", read_only=True) as ckpt:
+        want = ckpt.restore(4, items=("params",))["params"]
+    for x, y in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(older.deblur_params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(CheckpointError, match=r"deblur/5 does not exist"):
+        load_for_inference(workdir / "deblur" / "5")
 
 
 def test_model_shape_mismatch_is_reported_before_orbax(runs):

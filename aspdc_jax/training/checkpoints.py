@@ -236,7 +236,7 @@ def load_workdir_for_inference(directory: str | Path) -> LoadedModels:
     The DeblurNet comes from ``finetune`` when it has a checkpoint, else ``deblur``; the
     ReblurNet from ``reblur`` (else the frozen copy in ``finetune``), each at its latest
     step. A phase folder alone gives that phase's networks (``reblur`` alone holds no
-    DeblurNet and is refused).
+    DeblurNet and is refused), and a step folder (``WORKDIR/deblur/4000``) that step's.
 
     Raises:
       CheckpointError: nothing usable in the folder; the message says what was looked for.
@@ -246,6 +246,9 @@ def load_workdir_for_inference(directory: str | Path) -> LoadedModels:
     directory = Path(directory).expanduser().absolute()
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
+    pinned: int | None = None  # a step folder (WORKDIR/<phase>/<step>): that step
+    if directory.name.isdigit() and directory.parent.name in PHASES:
+        pinned, directory = int(directory.name), directory.parent
     if directory.name in PHASES and not any((directory / p).is_dir() for p in PHASES):
         phase_dirs = {directory.name: directory}
     else:
@@ -254,6 +257,13 @@ def load_workdir_for_inference(directory: str | Path) -> LoadedModels:
     for phase, path in phase_dirs.items():
         ckpt = PhaseCheckpoints(path, read_only=True)
         step = ckpt.latest_step()
+        if pinned is not None:
+            if pinned not in ckpt.all_steps():
+                raise CheckpointError(
+                    f"{path / str(pinned)} is not a saved step of {path} (saved: "
+                    f"{', '.join(map(str, ckpt.all_steps())) or 'none'})"
+                )
+            step = pinned
         if step is not None:
             found[phase] = (ckpt, step)
     if not found:
