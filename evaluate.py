@@ -96,6 +96,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from aspdc_jax.cli import parse_absl_flags
-
-    app.run(main, flags_parser=parse_absl_flags)
+    app.run(main, flags_parser=cli.parse_absl_flags)

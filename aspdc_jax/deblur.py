@@ -253,10 +253,12 @@ class OutputManifest:
         """The recorded source of the output file ``target`` (a path under the folder), or None."""
         return self.outputs.get(self._key(target))
 
-    def targets_of(self, path: Path) -> list[Path]:
-        """The outputs recorded for the input ``path``, in name order."""
-        key = _input_key(path)
-        return [self.out_dir / name for name, src in sorted(self.outputs.items()) if src.input == key]
+    def targets_by_input(self) -> dict[str, list[Path]]:
+        """The recorded outputs of each input (absolute path), in name order."""
+        index: dict[str, list[Path]] = {}
+        for name, src in sorted(self.outputs.items()):
+            index.setdefault(src.input, []).append(self.out_dir / name)
+        return index
 
     def record(self, target: Path, source: Source) -> None:
         """Records that ``target`` was made from ``source`` and saves the manifest."""
@@ -435,12 +437,13 @@ def plan_outputs(
     claimants: dict[Path, set[str]] = {}  # default output -> the inputs named so by default
     for path, rel in files:
         claimants.setdefault((out_dir / rel).resolve(), set()).add(_input_key(path))
+    recorded = manifest.targets_by_input()
     taken: set[Path] = set()
     plan = []
     for path, rel in files:
         key = _input_key(path)
         default = out_dir / rel
-        known = [t for t in manifest.targets_of(path) if t.parent == default.parent and t.resolve() not in taken]
+        known = [t for t in recorded.get(key, []) if t.parent == default.parent and t.resolve() not in taken]
         target = known[0] if known else next(
             c for c in _candidates(default, path.name)
             if _free_for(c, key, taken, manifest, claimants, overwrite)

@@ -198,12 +198,7 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
         return f"| {name} | {p:.2f} | {s:.4f} | {so_text} |"
 
     if not result["num_images"] and "timing" in result:  # --limit 0 --timing: timing only
-        t = result["timing"]
-        return (
-            f"| Device | s / {t['width']}x{t['height']} (untiled) | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
-            f"| {t['device']} ({t['dtype']}) | {t['seconds_mean']:.3f} | {t['peak_memory_gib']:.2f} GiB |\n"
-            f"({PAPER_TABLE3})"
-        )
+        return _timing_table(result["timing"])
     if result["num_images"]:
         lines.append(row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"]))
         lines.append(row(label, result["psnr"], result["ssim"], result["ssim_official"]))
@@ -227,13 +222,17 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
             f"{r['abs_diff_mean']:.3e} | {r['abs_diff_var']:.3e} |\n({PAPER_TABLE4}; |I_r - I_b| on [0,1])"
         )
     if "timing" in result:
-        t = result["timing"]
-        text += (
-            f"\n\n| Device | s / {t['width']}x{t['height']} (untiled) | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
-            f"| {t['device']} ({t['dtype']}) | {t['seconds_mean']:.3f} | {t['peak_memory_gib']:.2f} GiB |\n"
-            f"({PAPER_TABLE3})"
-        )
+        text += "\n\n" + _timing_table(result["timing"])
     return text
+
+
+def _timing_table(t: dict[str, Any]) -> str:
+    """Table 3: seconds and peak memory of one untiled forward."""
+    return (
+        f"| Device | s / {t['width']}x{t['height']} (untiled) | {t['peak_memory_kind']} |\n|---|---:|---:|\n"
+        f"| {t['device']} ({t['dtype']}) | {t['seconds_mean']:.3f} | {t['peak_memory_gib']:.2f} GiB |\n"
+        f"({PAPER_TABLE3})"
+    )
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -285,8 +284,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         sharp = _unit(pair.sharp)
         blurred = _unit(pair.blurred)
         rel = _output_name(pair.name, taken)
-        # "file": the saved PNG (--save_images) or the figures' name prefix (--figures).
-        file = rel.as_posix() if cfg.save_images else rel.with_suffix("").as_posix() if cfg.figures and index < cfg.num_figures else ""
+        # "file": the saved PNG (--save_images), else the figures' name prefix (--figures).
+        with_figures = cfg.figures and index < cfg.num_figures
+        file = ""
+        if cfg.save_images:
+            file = rel.as_posix()
+        elif with_figures:
+            file = rel.with_suffix("").as_posix()
         row: dict[str, Any] = {"name": pair.name, "file": file, "height": h, "width": w}
         try:
             row.update(_scores(pred, sharp))
@@ -316,7 +320,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         rows.append(row)
         if cfg.save_images:
             figures.save_png(out / "images" / rel, pred_u8)
-        if cfg.figures and index < cfg.num_figures:
+        if with_figures:
             _write_figures(out / "figures", rel, loaded, pair, reblurred)
         if bar is not None:
             bar.update(1)

@@ -512,12 +512,14 @@ def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
 def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, photo_dir: str | None) -> None:
     from PIL import Image
 
+    from aspdc_jax.data.imageio import IMAGE_EXTENSIONS
+
     out = pathlib.Path(path)
     if out.is_dir():
         raise ValueError(f"--preview {path} is a folder; give a file name such as {out / 'preview.png'}")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--preview {path}: the folder {out.parent} does not exist")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+    if out.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(f"--preview {path}: give an image file name ending in .png (or .jpg)")
     config = SyntheticBlurConfig(strength=strength)
     if photo_dir is None:

@@ -285,6 +285,8 @@ def run_phase(
     workdir = Path(workdir).expanduser().absolute()
     t_start = time.time()
     phase_cfg = config[phase]
+    eval_pairs_fn = _evaluation_enabled(config, eval_pairs_fn)
+    config_json = ckpt_lib.config_to_json(config)
     model_config = _model_config(config, deblur, reblur)
     ckpt = ckpt_lib.PhaseCheckpoints(
         ckpt_lib.phase_dir(workdir, phase), max_to_keep=int(config.max_checkpoints_to_keep)
@@ -331,7 +333,7 @@ def run_phase(
                 f"resumed as step {latest} of the new {total}-step schedule"
             )
         saved_config = ckpt.saved_config(latest)
-        changes = config_changes(saved_config, ckpt_lib.config_to_json(config), phase) if saved_config else []
+        changes = config_changes(saved_config, config_json, phase) if saved_config else []
         if changes:
             shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
             done = latest >= total
@@ -403,7 +405,6 @@ def run_phase(
     )
     eval_fns = make_eval_fns(deblur, reblur)
     writer = MetricsWriter(workdir, phase, resume_step=latest or 0)
-    config_json = ckpt_lib.config_to_json(config)
     frozen_shapes = reblur_shapes
 
     iterator = iter(loader)
@@ -459,8 +460,6 @@ def run_phase(
     ckpt_every = ckpt_every if ckpt_every > 0 else max(1, total)  # <= 0: only at the phase's end
     image_every = int(config.get("image_every_steps", 0) or 0)
     eval_every = int(config.get("eval_every_steps", 0) or 0)
-    if int(config.get("eval_limit", 0) or 0) <= 0:
-        eval_every = 0  # eval_limit 0 disables every evaluation, in-phase ones too
     pbar = None
     if bool(config.get("progress_bar", True)) and jax.process_index() == 0:
         from tqdm import tqdm  # noqa: PLC0415
@@ -472,74 +471,78 @@ def run_phase(
     pending = None
     t_log = time.time()
     step = start
-    stop = _StopRequests(phase)
-    try:
-        stop.__enter__()
-        while step < total:
-            batch = next(iterator)
-            global_batch = put_global_batch(batch, mesh)
-            if phase == "finetune":
-                state, metrics = step_fn(state, global_batch, frozen)
-            else:
-                state, metrics = step_fn(state, global_batch)
-            step += 1
-            # Check the previous step's metrics (one step behind, so dispatch stays async).
-            if pending is not None:
-                for k, v in check(*pending).items():
-                    acc[k] = acc.get(k, 0.0) + v
-                acc_n += 1
-            pending = (step, metrics)
-            boundary = step % log_every == 0 or step % ckpt_every == 0 or step == total
-            if boundary:
-                for k, v in check(*pending).items():
-                    acc[k] = acc.get(k, 0.0) + v
-                acc_n += 1
-                pending = None
-            if step % log_every == 0 or step == total:
-                now = time.time()
-                means = {k: v / max(acc_n, 1) for k, v in acc.items()}
-                means["lr"] = float(schedule.fn(step - 1))
-                means["steps_per_s"] = acc_n / max(now - t_log, 1e-9)
-                means["epoch"] = step / spe
-                writer.write(step, "train", means)
-                if pbar is not None:
-                    pbar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{means['lr']:.2g}")
-                acc, acc_n, t_log = {}, 0, now
-            if pbar is not None:
-                pbar.update(1)
-            if step % ckpt_every == 0 or step == total:
-                save(step)
-            if image_every and (step % image_every == 0 or step == total) and writer.enabled:
-                writer.write_images(
-                    step, f"{phase}/blurred_output_sharp",
-                    _image_preview(phase, eval_fns, state.params, frozen, batch),
-                )
-            if eval_every and step % eval_every == 0 and step != total and eval_pairs_fn:
-                _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
-            if stop.signum is not None:
+    with _StopRequests(phase) as stop:
+        try:
+            while step < total:
+                batch = next(iterator)
+                global_batch = put_global_batch(batch, mesh)
+                if phase == "finetune":
+                    state, metrics = step_fn(state, global_batch, frozen)
+                else:
+                    state, metrics = step_fn(state, global_batch)
+                step += 1
+                # Check the previous step's metrics (one step behind, so dispatch stays async).
                 if pending is not None:
-                    check(*pending)  # never save a non-finite state
-                if last_saved != step:
+                    for k, v in check(*pending).items():
+                        acc[k] = acc.get(k, 0.0) + v
+                    acc_n += 1
+                pending = (step, metrics)
+                boundary = step % log_every == 0 or step % ckpt_every == 0 or step == total
+                if boundary:
+                    for k, v in check(*pending).items():
+                        acc[k] = acc.get(k, 0.0) + v
+                    acc_n += 1
+                    pending = None
+                if step % log_every == 0 or step == total:
+                    now = time.time()
+                    means = {k: v / max(acc_n, 1) for k, v in acc.items()}
+                    means["lr"] = float(schedule.fn(step - 1))
+                    means["steps_per_s"] = acc_n / max(now - t_log, 1e-9)
+                    means["epoch"] = step / spe
+                    writer.write(step, "train", means)
+                    if pbar is not None:
+                        pbar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{means['lr']:.2g}")
+                    acc, acc_n, t_log = {}, 0, now
+                if pbar is not None:
+                    pbar.update(1)
+                if step % ckpt_every == 0 or step == total:
                     save(step)
-                ckpt.close()
-                raise TrainingInterrupted(
-                    f"[{phase}] stopped by {signal.Signals(stop.signum).name} at step {step}/{total}; "
-                    f"saved in {ckpt.directory}. Rerun the same command to resume.",
-                    stop.signum,
-                )
-    finally:
-        stop.__exit__()
-        if pbar is not None:
-            pbar.close()
+                if image_every and (step % image_every == 0 or step == total) and writer.enabled:
+                    writer.write_images(
+                        step, f"{phase}/blurred_output_sharp",
+                        _image_preview(phase, eval_fns, state.params, frozen, batch),
+                    )
+                if eval_every and step % eval_every == 0 and step != total and eval_pairs_fn:
+                    _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
+                if stop.signum is not None:
+                    if pending is not None:
+                        check(*pending)  # never save a non-finite state
+                    if last_saved != step:
+                        save(step)
+                    ckpt.close()
+                    raise TrainingInterrupted(
+                        f"[{phase}] stopped by {signal.Signals(stop.signum).name} at step {step}/{total}; "
+                        f"saved in {ckpt.directory}. Rerun the same command to resume.",
+                        stop.signum,
+                    )
+        finally:
+            if pbar is not None:
+                pbar.close()
     ckpt.close()
     seconds = time.time() - t_start
     summary.update(skipped=False, start_step=start, final_step=step, seconds=seconds)
-    if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
+    if eval_pairs_fn is not None:
         summary["eval"] = _run_eval(phase, config, state.params, eval_fns, eval_pairs_fn, writer, step)
     print(f"[{phase}] finished: step {step}/{total} in {seconds:.0f} s, saved in {ckpt.directory}", flush=True)
     writer.write(step, "phase_end", {"seconds": seconds, "start_step": start})
     writer.close()
     return summary
+
+
+def _evaluation_enabled(config: ml_collections.ConfigDict, eval_pairs_fn: EvalPairsFn | None) -> EvalPairsFn | None:
+    """``eval_pairs_fn``, or None when ``config.eval_limit`` is 0 (no evaluation at all:
+    neither the in-phase ``eval_every_steps`` ones nor the one after each phase)."""
+    return eval_pairs_fn if int(config.get("eval_limit", 0) or 0) > 0 else None
 
 
 def _run_eval(phase, config, params, eval_fns, eval_pairs_fn, writer, step) -> dict[str, float]:
@@ -614,7 +617,7 @@ def train_and_evaluate(
     )
     deblur, reblur = model_from_config(config.model)
     compute_modules(config, deblur, reblur)  # a bad config.compute_dtype fails here, not mid-run
-    if eval_pairs_fn is not None and int(config.get("eval_limit", 0) or 0) > 0:
+    if _evaluation_enabled(config, eval_pairs_fn) is not None:
         # The held-out pairs, checked (and a store prepared) before anything trains.
         eval_pairs_fn(config.data, split=str(config.get("eval_split", "test")), limit=int(config.eval_limit))
     results = {}
