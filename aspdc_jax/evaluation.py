@@ -209,6 +209,10 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
     text += f"\n({count} image{'' if count == 1 else 's'};"
     text += " PSNR on [0,1] RGB, SSIM gaussian 11x11 sigma 1.5;"
     text += " official SSIM: skimage 7x7 uniform, data_range 2)"
+    if "per_band" in result:
+        text += "\n\n| Band | Blurred PSNR | Output PSNR | Gain | Images |\n|---|---:|---:|---:|---:|"
+        for band, b in result["per_band"].items():
+            text += f"\n| {band} | {b['psnr_blurred']:.2f} | {b['psnr']:.2f} | {b['psnr'] - b['psnr_blurred']:+.2f} | {b['num_images']} |"
     if "psnr_aligned" in result:
         text += (
             f"\nRealBlur protocol (ECC-aligned, masked): PSNR {result['psnr_aligned']:.2f}, "
@@ -292,6 +296,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         elif with_figures:
             file = rel.with_suffix("").as_posix()
         row: dict[str, Any] = {"name": pair.name, "file": file, "height": h, "width": w}
+        if "band" in pair.meta:
+            row["band"] = pair.meta["band"]
         try:
             row.update(_scores(pred, sharp))
         except ValueError as err:  # e.g. an image smaller than the SSIM window
@@ -334,7 +340,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"dataset {cfg.dataset} gave no images (data_dir={cfg.data_dir!r}, split={cfg.split!r})")
 
-    keys = [k for k in rows[0] if k not in ("name", "file", "height", "width", "compiled")]
+    keys = [k for k in rows[0] if k not in ("name", "file", "height", "width", "compiled", "band")]
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -345,6 +351,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         result[k] = means[k]
     if cfg.align:
         result["psnr_aligned"], result["ssim_aligned"] = means["psnr_aligned"], means["ssim_aligned"]
+    if any("band" in r for r in rows):  # the synthetic test's strength bands
+        result["per_band"] = {
+            band: {
+                "psnr": _mean([r["psnr"] for r in rows if r.get("band") == band]),
+                "psnr_blurred": _mean([r["psnr_blurred"] for r in rows if r.get("band") == band]),
+                "num_images": sum(r.get("band") == band for r in rows),
+            }
+            for band in dict.fromkeys(r["band"] for r in rows if "band" in r)
+        }
     if cfg.reblur:
         result["reblur"] = {
             "psnr": means["reblur_psnr"], "ssim": means["reblur_ssim"],

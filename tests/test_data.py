@@ -61,9 +61,9 @@ def gopro(tmp_path_factory):
 # ----------------------------------------------------------------------------- synthetic
 
 
-def test_synthetic_deterministic_middle_frame_and_fast():
+def test_synthetic_deterministic_sharp_crop_and_fast():
     photo = synthetic.builtin_photos("train")[0][1]
-    cfg = synthetic.SyntheticBlurConfig(object_probability=0.0)
+    cfg = synthetic.SyntheticBlurConfig(object_probability=0.0, saturation_probability=0.0)
     a = synthetic.random_crop_pair(photo, 128, np.random.default_rng(3), cfg)
     b = synthetic.random_crop_pair(photo, 128, np.random.default_rng(3), cfg)
     c = synthetic.random_crop_pair(photo, 128, np.random.default_rng(4), cfg)
@@ -75,7 +75,7 @@ def test_synthetic_deterministic_middle_frame_and_fast():
     crop = synthetic.synthesize_blur(src, 128, np.random.default_rng(0), cfg)
     assert np.array_equal(crop[1], src[m : m + 128, m : m + 128])
     # no motion -> blurred is the sharp image up to noise
-    still_cfg = synthetic.SyntheticBlurConfig(strength=0, noise_sigma=0)
+    still_cfg = synthetic.SyntheticBlurConfig(strength=0, noise_sigma=0, jpeg_probability=0, gamma_jitter=0)
     ms = still_cfg.margin()
     still = synthetic.synthesize_blur(photo[: 128 + 2 * ms, : 128 + 2 * ms], 128, np.random.default_rng(0), still_cfg)
     assert np.array_equal(still[0], still[1])
@@ -92,19 +92,117 @@ def test_synthetic_strength_controls_blur():
     photos = synthetic.builtin_photos("train")
     psnr = {}
     for strength in (0.5, 1.0, 2.0):
-        cfg = synthetic.SyntheticBlurConfig(strength=strength)
+        cfg = synthetic.SyntheticBlurConfig(strength=strength, sharp_probability=0.0)
         rng = np.random.default_rng(0)
-        vals = [synthetic.psnr_u8(*synthetic.random_crop_pair(photos[i % 5][1], 128, rng, cfg)[:2]) for i in range(10)]
+        vals = [synthetic.psnr_u8(*synthetic.random_crop_pair(photos[i % 4][1], 128, rng, cfg)[:2]) for i in range(16)]
         psnr[strength] = np.mean(vals)
     assert psnr[0.5] > psnr[1.0] > psnr[2.0]
-    assert 21.0 < psnr[1.0] < 29.0, psnr  # a deblurring net has something to learn
+
+
+def test_training_stream_covers_the_strength_range():
+    """Blurred-vs-sharp PSNR of the default training stream (photos and procedural scenes)
+    spans the task: a strong tail below 22 dB, GoPro-like ~26 dB, and nearly sharp pairs."""
+    ex = pipeline.SyntheticExample(None, 64, 0, synthetic.SyntheticBlurConfig(), (1.0,), 0.5)
+    psnrs = np.array([synthetic.psnr_u8(d["blurred"], d["sharp"]) for d in (ex((i, 0)) for i in range(200))])
+    assert np.percentile(psnrs, 10) < 22.0 < 26.0 < np.median(psnrs) < 34.0 < np.percentile(psnrs, 80), psnrs
+    assert np.mean(psnrs > 40.0) >= 0.05  # the sharp share: leave sharp content alone
+    # the blur length itself is log-uniform over [min_blur, max]: half the blurred
+    # examples are shorter than the geometric mean
+    cfg = synthetic.SyntheticBlurConfig(sharp_probability=0.0)
+    rng = np.random.default_rng(0)
+    lengths = np.array([synthetic._blur_length(rng, cfg) for _ in range(4000)])
+    assert lengths.min() >= cfg.min_blur and lengths.max() <= cfg.max_camera_blur
+    assert abs(np.mean(lengths < np.sqrt(cfg.min_blur * cfg.max_camera_blur)) - 0.5) < 0.03
+
+
+def test_test_bands_hit_their_psnr_and_membership():
+    pairs = synthetic.synthetic_test_pairs(synthetic.builtin_photos("test"), crops_per_photo=3, crop_size=256)
+    assert len(pairs) == 36 and len({p[3]["photo"] for p in pairs}) == 4  # >= 4 photos, >= 24 crops
+    targets = {"mild": 32.0, "gopro": 26.0, "strong": 23.0}
+    for band, target in targets.items():
+        members = [p for p in pairs if p[3]["band"] == band]
+        assert len(members) == 12 and all(p[0].split("_")[-2] == band for p in members)
+        lo, hi = synthetic.BANDS[band]
+        assert all(lo - 0.5 <= p[3]["camera_blur_px"] <= hi + 0.5 for p in members), band
+        mean = np.mean([synthetic.psnr_u8(p[1], p[2]) for p in members])
+        assert abs(mean - target) < 1.5, (band, mean)
+    # a prefix (evaluation with a limit) covers every band
+    assert {p[3]["band"] for p in pairs[:3]} == set(targets)
+
+
+def test_sharp_target_is_the_centroid_of_the_blur():
+    """A point light blurred by any camera path spreads around its sharp position: the
+    centroid of the blurred spot is where the sharp image has the point (within 1 px)."""
+    cfg = synthetic.SyntheticBlurConfig(
+        min_blur=4, max_camera_blur=12, sharp_probability=0.0, object_probability=0.0, noise_sigma=0.0,
+        jpeg_probability=0.0, saturation_probability=0.0, gamma=1.0, gamma_jitter=0.0,
+    )
+    m, s = cfg.margin(), 64
+    rng = np.random.default_rng(1)
+    kinds = set()
+    for _ in range(12):
+        src = np.zeros((s + 2 * m, s + 2 * m, 3), np.uint8)
+        src[m + 32, m + 32] = 255
+        blurred, sharp, info = synthetic.synthesize_blur(src, s, rng, cfg)
+        kinds.add(info["path"])
+        spot = blurred[..., 0].astype(np.float64)
+        yy, xx = np.mgrid[0:s, 0:s]
+        centroid = np.array([(yy * spot).sum(), (xx * spot).sum()]) / spot.sum()
+        assert np.abs(centroid - 32).max() < 1.0, (info, centroid)
+        assert sharp[32, 32, 0] == 255
+    assert kinds == set(synthetic.PATH_KINDS)
+
+
+def test_camera_factors_saturation_noise_jpeg():
+    photo = synthetic.builtin_photos("train")[0][1]
+    plain = dict(sharp_probability=0.0, object_probability=0.0, noise_sigma=0.0, jpeg_probability=0.0,
+                 saturation_probability=0.0, gamma_jitter=0.0)
+    src = np.full((64 + 2 * 26, 64 + 2 * 26, 3), 60, np.uint8)
+    src[40:50, 40:50] = 255  # a light source
+    base = synthetic.SyntheticBlurConfig(**dict(plain, min_blur=6.0))
+    b0, s0, _ = synthetic.synthesize_blur(src, 64, np.random.default_rng(0), base)
+    hot = synthetic.SyntheticBlurConfig(**dict(plain, min_blur=6.0, saturation_probability=1.0))
+    b1, s1, info = synthetic.synthesize_blur(src, 64, np.random.default_rng(0), hot)
+    assert info["saturation_gain"] > 1.0 and np.array_equal(s0, s1)  # the sharp image is white there anyway
+    # without saturation the blurred light is no longer white; a light brighter than white
+    # blooms: clipped after the averaging, it stays white over at least its own area
+    assert (b0[..., 0] == 255).sum() < 100 <= (b1[..., 0] == 255).sum()
+    noisy = synthetic.SyntheticBlurConfig(**dict(plain, noise_sigma=0.02, strength=0.0))
+    m = noisy.margin()
+    b2, s2, info = synthetic.synthesize_blur(photo[: 64 + 2 * m, : 64 + 2 * m], 64, np.random.default_rng(0), noisy)
+    assert 0 < np.std(b2.astype(float) - s2) < 0.03 * 255 * 1.5 and info["noise_sigma"] > 0
+    jpeg = synthetic.SyntheticBlurConfig(**dict(plain, jpeg_probability=1.0, strength=0.0))
+    b3, s3, info = synthetic.synthesize_blur(photo[: 64 + 2 * m, : 64 + 2 * m], 64, np.random.default_rng(0), jpeg)
+    assert 60 <= info["jpeg_quality"] <= 95 and not np.array_equal(b3, s3) and synthetic.psnr_u8(b3, s3) > 28
 
 
 def test_builtin_split_is_by_image():
     train = {n for n, _ in synthetic.builtin_photos("train")}
     test = {n for n, _ in synthetic.builtin_photos("test")}
-    assert train.isdisjoint(test) and len(test) == 2 and len(train | test) == 7
+    assert train.isdisjoint(test) and len(test) >= 4
     assert {"motorcycle_left", "motorcycle_right"} <= train  # the stereo pair stays together
+    assert set(synthetic.TEXTURE_PHOTOS) <= train
+
+
+def test_heldout_photos_never_reach_the_training_stream(monkeypatch):
+    """Every image the training stream reads (photos at every scale, scene textures) comes
+    from the train split: record every built-in file loaded while drawing examples."""
+    loaded: list[str] = []
+    real = synthetic._load_builtin.__wrapped__
+    synthetic._load_builtin.cache_clear()
+    synthetic.builtin_textures.cache_clear()
+
+    def spy(name: str) -> np.ndarray:
+        loaded.append(name)
+        return real(name)
+
+    monkeypatch.setattr(synthetic, "_load_builtin", spy)
+    ex = pipeline.SyntheticExample(None, 48, 0, synthetic.SyntheticBlurConfig(), (1.0, 1.5, 2.0), 0.5)
+    for i in range(40):
+        ex((i, 0))
+    assert loaded and set(loaded) <= set(synthetic.BUILTIN_TRAIN_PHOTOS), set(loaded)
+    assert not set(loaded) & set(synthetic.BUILTIN_TEST_PHOTOS)
+    synthetic.builtin_textures.cache_clear()
 
 
 def test_synthetic_path_does_not_need_tensorflow_datasets(tmp_path):
@@ -118,7 +216,7 @@ def test_synthetic_path_does_not_need_tensorflow_datasets(tmp_path):
     code = (
         "import aspdc_jax.data, aspdc_jax.training, aspdc_jax.inference\n"
         "from aspdc_jax.data import synthetic\n"
-        "assert len(synthetic.builtin_photos('test')) == 2\n"
+        "assert len(synthetic.builtin_photos('test')) == 4\n"
         "import sys; assert 'tensorflow_datasets' not in sys.modules\n"
     )
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -131,8 +229,9 @@ def test_synthetic_eval_pairs_fixed_and_match_store(tmp_path):
     cfg = _cfg(tfds_dir=str(tmp_path))
     a = list(eval_pairs(cfg))
     b = list(eval_pairs(cfg))
-    assert len(a) == 4 and a[0].blurred.shape == (64, 64, 3)
-    assert [p.name for p in a] == ["chelsea_00", "chelsea_01", "rocket_00", "rocket_01"]
+    assert len(a) == 24 and a[0].blurred.shape == (64, 64, 3)  # 4 photos x 3 bands x 2 crops
+    assert [p.name for p in a[:4]] == ["astronaut_mild_00", "astronaut_gopro_00", "astronaut_strong_00", "chelsea_mild_00"]
+    assert [p.meta["band"] for p in a[:3]] == ["mild", "gopro", "strong"]
     assert all(np.array_equal(x.blurred, y.blurred) and np.array_equal(x.sharp, y.sharp) for x, y in zip(a, b))
     assert len(list(eval_pairs(cfg, limit=3))) == 3
     store_cfg = builders.SyntheticBlurStoreConfig.make(crop_size=64, test_crops_per_photo=2)
@@ -149,7 +248,7 @@ def test_synthetic_user_photo_folder(tmp_path):
     assert [n for n, _ in synthetic.photo_source(str(tmp_path), "test")] == ["p4.png"]
     assert len(synthetic.photo_source(str(tmp_path), "train")) == 4
     pairs = list(eval_pairs(_cfg(data_dir=str(tmp_path), synthetic_test_crop_size=48)))
-    assert [p.name for p in pairs] == ["p4_00", "p4_01"]
+    assert [p.name for p in pairs] == ["p4_mild_00", "p4_gopro_00", "p4_strong_00", "p4_mild_01", "p4_gopro_01", "p4_strong_01"]
 
 
 def test_preview_cli(tmp_path):

@@ -269,11 +269,11 @@ class SyntheticBlurStoreConfig(tfds.core.BuilderConfig):
 
     photo_dir: str | None = None
     crop_size: int = 256
-    test_crops_per_photo: int = 6
+    test_crops_per_photo: int = 3
     train_crops_per_photo: int = 0
     seed: int = 0
     strength: float = 1.0
-    object_probability: float = 0.5
+    object_probability: float = 0.3
     noise_sigma: float = 0.01
     gamma: float = 2.2
 

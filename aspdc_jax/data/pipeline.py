@@ -74,9 +74,13 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 def _blur_config(cfg: Any) -> synthetic.SyntheticBlurConfig:
     return synthetic.SyntheticBlurConfig(
         strength=float(_get(cfg, "synthetic_strength", 1.0)),
-        object_probability=float(_get(cfg, "synthetic_object_probability", 0.5)),
+        max_camera_blur=float(_get(cfg, "synthetic_max_blur", 24.0)),
+        sharp_probability=float(_get(cfg, "synthetic_sharp_probability", 0.1)),
+        object_probability=float(_get(cfg, "synthetic_object_probability", 0.3)),
         noise_sigma=float(_get(cfg, "synthetic_noise_sigma", 0.01)),
         gamma=float(_get(cfg, "synthetic_gamma", 2.2)),
+        saturation_probability=float(_get(cfg, "synthetic_saturation_probability", 0.25)),
+        jpeg_probability=float(_get(cfg, "synthetic_jpeg_probability", 0.25)),
     )
 
 
@@ -131,7 +135,11 @@ def _with_index(index: int, record: int) -> tuple[int, int]:
 
 
 class SyntheticExample:
-    """(global index, unused) -> fresh synthetic pair {"blurred", "sharp"} uint8 (c, c, 3)."""
+    """(global index, unused) -> fresh synthetic pair {"blurred", "sharp"} uint8 (c, c, 3).
+
+    With probability ``scene_probability`` the scene is a fresh procedural one
+    (`synthetic.dead_leaves_scene`), otherwise a random crop of a training photo.
+    """
 
     def __init__(
         self,
@@ -140,9 +148,11 @@ class SyntheticExample:
         seed: int,
         blur: synthetic.SyntheticBlurConfig,
         scales: tuple[float, ...] = (1.0,),
+        scene_probability: float = 0.0,
     ):
         self.photo_dir, self.crop_size, self.seed, self.blur = photo_dir, crop_size, seed, blur
         self.scales = tuple(scales)
+        self.scene_probability = float(scene_probability)
         self._photos: list | None = None
 
     def __getstate__(self):
@@ -157,9 +167,13 @@ class SyntheticExample:
     def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
         index, _ = item
         rng = np.random.default_rng([self.seed, 0x5EED, index])
-        photos = self.photos()
-        _, photo = photos[int(rng.integers(len(photos)))]
-        blurred, sharp, _ = synthetic.random_crop_pair(photo, self.crop_size, rng, self.blur, augment=True)
+        if rng.uniform() < self.scene_probability:
+            textures = synthetic.builtin_textures() if self.photo_dir is None else ()
+            blurred, sharp, _ = synthetic.scene_crop_pair(self.crop_size, rng, self.blur, textures)
+        else:
+            photos = self.photos()
+            _, photo = photos[int(rng.integers(len(photos)))]
+            blurred, sharp, _ = synthetic.random_crop_pair(photo, self.crop_size, rng, self.blur, augment=True)
         return {"blurred": blurred, "sharp": sharp}
 
 
@@ -242,7 +256,8 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
         sides = [min(photo.shape[:2]) for _, photo in photos]
         if not any(round(side * float(s)) >= crop for side in sides for s in scales):
             raise ValueError(f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}")
-        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg), scales)
+        scene_p = float(_get(data_cfg, "synthetic_scene_probability", 0.0))
+        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg), scales, scene_p)
     elif name in ("hide", "unpaired_folder"):
         raise ValueError(f"dataset {name} is for evaluation only (no training pairs)")
     else:
@@ -279,7 +294,7 @@ def synthetic_eval_list(data_cfg: Any, split: str = "test") -> list[tuple[str, n
     """The fixed, seeded synthetic pairs (same as the `synthetic_blur` store's test split)."""
     return synthetic.synthetic_test_pairs(
         synthetic.photo_source(_get(data_cfg, "data_dir", None), split),
-        crops_per_photo=int(_get(data_cfg, "synthetic_test_crops_per_photo", 6)),
+        crops_per_photo=int(_get(data_cfg, "synthetic_test_crops_per_photo", 3)),
         crop_size=int(_get(data_cfg, "synthetic_test_crop_size", 256)),
         seed=int(_get(data_cfg, "synthetic_test_seed", 0)),
         config=_blur_config(data_cfg),

@@ -47,11 +47,12 @@ def evaluate_pairs(
     """Mean PSNRs of ``phase``'s network over ``pairs`` (EvalPair-like: ``.blurred`` and
     ``.sharp`` uint8 HxWx3; pairs without ``sharp`` are skipped).
 
-    Returns ``{"psnr_output", "psnr_input", "psnr_gain", "num_pairs"}`` where for
+    Returns ``{"psnr_output", "psnr_input", "psnr_gain", "num_pairs"}`` (plus ``per_band``:
+    the same keys per ``pair.meta["band"]``, for the synthetic test's strength bands) where for
     deblur/finetune output = D(b) vs sharp and input = b vs sharp; for reblur output =
     R(b, s) vs b and input = s vs b.
     """
-    out_psnrs, in_psnrs = [], []
+    out_psnrs, in_psnrs, bands = [], [], []
     for pair in pairs:
         if getattr(pair, "sharp", None) is None:
             continue
@@ -67,7 +68,18 @@ def evaluate_pairs(
             target, baseline = sharp, blurred
         out_psnrs.append(psnr(_unit(pred[0]), _unit(target[0])))
         in_psnrs.append(psnr(_unit(baseline[0]), _unit(target[0])))
+        bands.append((getattr(pair, "meta", None) or {}).get("band"))
     if not out_psnrs:
         return {"num_pairs": 0}
+    result: dict[str, Any] = _means(out_psnrs, in_psnrs)
+    if any(b is not None for b in bands):
+        result["per_band"] = {
+            band: _means([o for o, b in zip(out_psnrs, bands) if b == band], [i for i, b in zip(in_psnrs, bands) if b == band])
+            for band in dict.fromkeys(b for b in bands if b is not None)
+        }
+    return result
+
+
+def _means(out_psnrs: list[float], in_psnrs: list[float]) -> dict[str, float]:
     po, pi = float(np.mean(out_psnrs)), float(np.mean(in_psnrs))
     return {"psnr_output": po, "psnr_input": pi, "psnr_gain": po - pi, "num_pairs": len(out_psnrs)}

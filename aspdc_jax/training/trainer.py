@@ -559,6 +559,12 @@ def _run_eval(phase, config, params, eval_fns, eval_pairs_fn, writer, step) -> d
             f"{result['num_pairs']} pairs)",
             flush=True,
         )
+        for band, r in result.get("per_band", {}).items():
+            print(
+                f"[{phase}]   {band:>6}: {r['psnr_output']:.2f} dB vs {r['psnr_input']:.2f} dB "
+                f"(gain {r['psnr_gain']:+.2f} dB, {r['num_pairs']} pairs)",
+                flush=True,
+            )
     return result
 
 
