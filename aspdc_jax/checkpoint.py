@@ -6,6 +6,8 @@ Two layouts are understood by :func:`load_for_inference`:
 
       DIR/model_config.json   # the model_config dict (see aspdc_jax.models.model_config_dict)
       DIR/params/             # Orbax checkpoint of {"deblur": params, "reblur": params | None}
+      DIR/SHA256SUMS          # optional: sha256 of every other file (`write_manifest`),
+                              # checked by `load_export` before anything is read
 
 * a ``train.py`` workdir or one of its phase folders (``deblur``, ``reblur``, ``finetune``),
   handled by :mod:`aspdc_jax.training.checkpoints`.
@@ -23,17 +25,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
+    "MANIFEST_FILE",
     "CheckpointError",
     "LoadedModels",
     "is_export",
     "load_export",
     "load_for_inference",
     "save_export",
+    "verify_manifest",
+    "write_manifest",
 ]
 
 PyTree = Any
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+MANIFEST_FILE = "SHA256SUMS"
 
 
 class CheckpointError(ValueError):
@@ -92,8 +98,51 @@ def is_export(directory: str | Path) -> bool:
     return (directory / MODEL_CONFIG_FILE).is_file() and (directory / PARAMS_DIR).is_dir()
 
 
+def _sha256(path: Path) -> str:
+    import hashlib  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | Path) -> Path:
+    """Writes ``DIR/SHA256SUMS`` (``sha256sum`` format) over every file in the export."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    lines = [f"{_sha256(p)}  {p.relative_to(directory).as_posix()}" for p in files]
+    (directory / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
+    return directory / MANIFEST_FILE
+
+
+def verify_manifest(directory: str | Path) -> None:
+    """Checks every file listed in ``DIR/SHA256SUMS`` (a no-op without the file).
+
+    Raises:
+      CheckpointError: naming the first file that is missing or whose sha256 differs.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is listed in {manifest} but missing; the export is incomplete")
+        if _sha256(path) != expected:
+            raise CheckpointError(
+                f"{path} does not match its sha256 in {manifest}: the weights were modified or damaged; "
+                "restore the file (e.g. git checkout) or re-export"
+            )
+
+
 def load_export(directory: str | Path) -> LoadedModels:
-    """Restores an export written by :func:`save_export`."""
+    """Restores an export written by :func:`save_export` (its manifest checked first)."""
     from aspdc_jax.models import model_from_config  # noqa: PLC0415 (avoid import cycle)
 
     directory = Path(directory).expanduser().absolute()
@@ -102,6 +151,7 @@ def load_export(directory: str | Path) -> LoadedModels:
             f"{directory} is not an aspdc-jax export: expected {MODEL_CONFIG_FILE} and "
             f"{PARAMS_DIR}/ inside it"
         )
+    verify_manifest(directory)
     model_config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
     with ocp.StandardCheckpointer() as checkpointer:
         tree = checkpointer.restore(directory / PARAMS_DIR)

@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fusion = "afim"  # "afim" | "sum"
     config.model.zero_init_offsets = False
     config.model.remat = False
+    # ReblurNet returns sharp + its output (not in the paper; the official weights need False).
+    config.model.reblur_residual = False
 
     # Data (DESIGN.md section 7).
     config.data = ml_collections.ConfigDict()
@@ -77,8 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     # GPUs/TPUs: activations and convolutions in bfloat16; parameters, optimizer state,
     # losses and the after-phase evaluation stay float32). On CPU bfloat16 is slower.
     config.compute_dtype = "float32"
-    # Multiplies DeblurNet's last conv (tail_conv) kernel at phase-1 init: 1.0 = the paper's
-    # Xavier init; small values start D(b) close to b (helps short runs).
+    # Multiplies DeblurNet's last conv (tail_conv) kernel at phase-1 init (and ReblurNet's
+    # with model.reblur_residual): 1.0 = the paper's Xavier init; small values start D(b)
+    # close to b (and R(b, s) close to s), which helps short runs.
     config.init_residual_scale = 1.0
 
     # Per-phase schedules, all in epochs (steps = epochs * steps_per_epoch, where

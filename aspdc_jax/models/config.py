@@ -5,6 +5,7 @@
     deblur_width: 32        reblur_width: 16       num_groups: 6
     branches: ("static", "d1", "d2", "d4")         branch_repeat: 1
     fusion: "afim"          zero_init_offsets: False                remat: False
+    reblur_residual: False
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
     "fusion": "afim",
     "zero_init_offsets": False,
     "remat": False,
+    "reblur_residual": False,
 }
 MODEL_CONFIG_KEYS: tuple[str, ...] = tuple(MODEL_CONFIG_DEFAULTS)
 
@@ -89,7 +91,7 @@ def model_from_config(model_cfg: Mapping[str, Any] | Any) -> tuple[DeblurNet, Re
         zero_init_offsets=bool(cfg["zero_init_offsets"]),
         remat=bool(cfg["remat"]),
     )
-    reblur = ReblurNet(width=_positive_int(cfg, "reblur_width"))
+    reblur = ReblurNet(width=_positive_int(cfg, "reblur_width"), residual=bool(cfg["reblur_residual"]))
     return deblur, reblur
 
 
@@ -107,4 +109,5 @@ def model_config_dict(deblur: DeblurNet, reblur: ReblurNet | None = None) -> dic
         "fusion": str(deblur.fusion),
         "zero_init_offsets": bool(deblur.zero_init_offsets),
         "remat": bool(deblur.remat),
+        "reblur_residual": bool(reblur.residual if reblur is not None else False),
     }

@@ -62,6 +62,9 @@ class ReblurNet(nn.Module):
 
     Attributes:
       width: v; channels v, 2v, 4v, 8v (paper and release: 16).
+      residual: return ``sharp + tail_conv(...)`` instead of ``tail_conv(...)`` (not in
+        the paper: the network then only has to learn the blur, not to rebuild the image;
+        with a small tail at init it starts at R(b, s) = s).
       dtype: computation dtype (params stay float32).
 
     Call: ``ReblurNet()(blurred, sharp)``, both ``(B, H, W, 3)`` float in [-1, 1] with H
@@ -70,6 +73,7 @@ class ReblurNet(nn.Module):
     """
 
     width: int = 16
+    residual: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
@@ -147,4 +151,5 @@ class ReblurNet(nn.Module):
         kernels = [head(f) for head, f in zip(heads, guide, strict=True)]
         # Reblur stream: the same stages on (sharp, sharp), each output filtered.
         d1, _ = self._stages(jnp.concatenate([sharp, sharp], axis=-1), kernels)
-        return self.tail_conv(d1)
+        out = self.tail_conv(d1)
+        return sharp + out if self.residual else out

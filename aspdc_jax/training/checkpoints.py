@@ -287,7 +287,9 @@ def load_workdir_for_inference(directory: str | Path) -> LoadedModels:
         rckpt, rstep = found["reblur"]
         reblur_params = _restore_params(rckpt, rstep, "params")
         sources.append(f"reblur step {rstep}")
-        model_config["reblur_width"] = rckpt.meta(rstep)["model_config"]["reblur_width"]
+        rconfig = rckpt.meta(rstep)["model_config"]
+        model_config["reblur_width"] = rconfig["reblur_width"]
+        model_config["reblur_residual"] = bool(rconfig.get("reblur_residual", False))
     elif deblur_phase == "finetune":
         reblur_params = _restore_params(ckpt, step, "frozen")
         sources.append(f"reblur (frozen copy in finetune) step {step}")

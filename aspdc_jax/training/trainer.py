@@ -204,9 +204,9 @@ def _load_handoff(workdir: Path, deblur_shapes, reblur_shapes, model_config, mes
 
 
 def _scale_tail(params: PyTree, scale: float) -> PyTree:
-    """DeblurNet params with ``tail_conv/kernel`` multiplied by ``scale``."""
+    """DeblurNet / ReblurNet params with ``tail_conv/kernel`` multiplied by ``scale``."""
     if "tail_conv" not in params:
-        raise ValueError("init_residual_scale needs a DeblurNet with a 'tail_conv' layer")
+        raise ValueError("init_residual_scale needs a network with a 'tail_conv' layer")
     params = dict(params)
     tail = dict(params["tail_conv"])
     tail["kernel"] = tail["kernel"] * scale
@@ -385,7 +385,8 @@ def run_phase(
         else:
             params = init_params(trained, rng, which=which)
             scale = float(config.get("init_residual_scale", 1.0))
-            if phase == "deblur" and scale != 1.0:
+            residual = phase == "deblur" or bool(config.model.get("reblur_residual", False))
+            if residual and scale != 1.0:
                 params = _scale_tail(params, scale)
             params = replicate(params, mesh)
         state = jax.jit(
