@@ -41,6 +41,11 @@ flags.DEFINE_integer("limit", None, "Score only the first N images (0: none, e.g
 flags.DEFINE_enum("gopro_variant", "blur", ["blur", "blur_gamma"], "GoPro blurred-image variant.")
 flags.DEFINE_bool("save_images", False, "Write the deblurred PNGs to OUT/images/.")
 flags.DEFINE_bool(
+    "compare", False,
+    "Write OUT/compare/<name>.png per image: blurred | deblurred | sharp, each titled with its "
+    "PSNR, and a 2x zoom of the window where the output changed most.",
+)
+flags.DEFINE_bool(
     "reblur", False,
     "Also score the reblurring network (paper Table 4): ReblurNet(blurred, sharp) against the "
     "blurred input: PSNR, SSIM, mean and variance of |I_r - I_b|.",
@@ -88,7 +93,7 @@ def main(argv: list[str]) -> None:
             figures=FLAGS.figures, num_figures=FLAGS.num_figures, timing=FLAGS.timing,
             timing_repeats=FLAGS.timing_repeats, align=FLAGS.align,
             align_iterations=FLAGS.align_iterations, bucket=bucket, tile=FLAGS.tile,
-            overlap=FLAGS.overlap, dtype=FLAGS.dtype, progress=FLAGS.progress,
+            overlap=FLAGS.overlap, dtype=FLAGS.dtype, progress=FLAGS.progress, compare=FLAGS.compare,
         )
         result = evaluation.evaluate(cfg)
     print(evaluation.format_table(result))

@@ -80,6 +80,7 @@ class EvalConfig:
     overlap: int = 64
     dtype: str = "float32"
     progress: bool = True
+    compare: bool = False
 
 
 def peak_memory(device: Any | None = None) -> tuple[float, str]:
@@ -326,6 +327,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         rows.append(row)
         if cfg.save_images:
             figures.save_png(out / "images" / rel, pred_u8)
+        if cfg.compare:
+            figures.save_png(out / "compare" / rel, figures.comparison(pair.blurred, pred_u8, pair.sharp))
         if with_figures:
             _write_figures(out / "figures", rel, loaded, pair, reblurred)
         if bar is not None:

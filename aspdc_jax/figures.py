@@ -18,6 +18,7 @@ from aspdc_jax.inference import bucket_size, pad_to
 __all__ = [
     "attention_strip",
     "colormap",
+    "comparison",
     "diff_map",
     "flow_to_color",
     "model_maps",
@@ -33,6 +34,62 @@ _VIRIDIS = np.array(
     ],
     np.float64,
 )
+
+
+def _titled(image: np.ndarray, title: str, height: int = 18) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 under a white strip with ``title`` in black."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    strip = Image.new("RGB", (image.shape[1], height), "white")
+    ImageDraw.Draw(strip).text((4, 3), title, fill="black")
+    return np.concatenate([np.asarray(strip), image], axis=0)
+
+
+def _changed_window(blurred: np.ndarray, output: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left corner of the ``size`` x ``size`` window where the output differs most
+    from the input (mean absolute difference, on a grid of half-window steps)."""
+    diff = np.abs(output.astype(np.float64) - blurred.astype(np.float64)).mean(axis=-1)
+    h, w = diff.shape
+    integral = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    best, corner = -1.0, (0, 0)
+    step = max(size // 2, 1)
+    for y in list(range(0, max(h - size, 0) + 1, step)) + [max(h - size, 0)]:
+        for x in list(range(0, max(w - size, 0) + 1, step)) + [max(w - size, 0)]:
+            y1, x1 = min(y + size, h), min(x + size, w)
+            total = integral[y1, x1] - integral[y, x1] - integral[y1, x] + integral[y, x]
+            if total > best:
+                best, corner = total, (y, x)
+    return corner
+
+
+def comparison(blurred: np.ndarray, output: np.ndarray, sharp: np.ndarray | None) -> np.ndarray:
+    """The comparison figure: ``blurred | deblurred | sharp``, each titled with its PSNR
+    against the sharp image, and below it the same three panels of the window where the
+    output changed most, zoomed 2x (nearest neighbour, so pixels stay visible).
+
+    All inputs uint8 (H, W, 3); ``sharp`` may be None (no PSNR, two panels). Returns uint8.
+    """
+    from aspdc_jax.metrics import psnr  # noqa: PLC0415
+
+    panels = [("blurred", blurred), ("deblurred", output)] + ([("sharp", sharp)] if sharp is not None else [])
+
+    def title(name: str, image: np.ndarray) -> str:
+        if sharp is None or name == "sharp":
+            return name
+        return f"{name}  {float(psnr(image.astype(np.float32) / 255.0, sharp.astype(np.float32) / 255.0)):.2f} dB"
+
+    gap = np.full((blurred.shape[0] + 18, 4, 3), 255, np.uint8)
+    top = [x for name, im in panels for x in (_titled(im, title(name, im)), gap)][:-1]
+    size = max(8, min(blurred.shape[:2]) // 3)
+    y, x = _changed_window(blurred, output, size)
+    zooms = [np.repeat(np.repeat(im[y : y + size, x : x + size], 2, axis=0), 2, axis=1) for _, im in panels]
+    zgap = np.full((zooms[0].shape[0] + 18, 4, 3), 255, np.uint8)
+    label = f"2x zoom at ({y}, {x}): most changed"
+    bottom = [z for i, zoom in enumerate(zooms) for z in (_titled(zoom, label if i == 0 else ""), zgap)][:-1]
+    rows = [np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate([rows[0], np.full((6, width, 3), 255, np.uint8), rows[1]], axis=0)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:

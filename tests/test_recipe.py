@@ -111,3 +111,26 @@ def test_published_weights_refuse_a_modified_file(tmp_path: pathlib.Path, capsys
     with pytest.raises(SystemExit) as exc:
         publish_main(["--ckpt", str(tmp_path / "ckpt"), "--out", str(out)])
     assert exc.value.code == 2 and "not an empty folder" in capsys.readouterr().err
+
+
+def test_comparison_figure_zooms_where_the_output_changed_most():
+    from aspdc_jax import figures  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (96, 120, 3)).astype(np.uint8)
+    blurred = sharp.copy()
+    output = sharp.copy()
+    output[60:90, 80:110] = 255 - output[60:90, 80:110]  # the only change
+    fig = figures.comparison(blurred, output, sharp)
+    size = max(8, 96 // 3)
+    y, x = figures._changed_window(blurred, output, size)
+    changed = np.zeros((96, 120))
+    changed[60:90, 80:110] = 1
+    best = max(changed[a : a + size, b : b + size].sum() for a in range(96 - size + 1) for b in range(120 - size + 1))
+    assert changed[y : y + size, x : x + size].sum() >= 0.75 * best  # on a half-window grid
+    # top row: three 120-px panels with 4-px gaps under an 18-px title strip
+    assert fig.shape[1] == 3 * 120 + 2 * 4 and fig.dtype == np.uint8
+    np.testing.assert_array_equal(fig[18 : 18 + 96, :120], blurred)
+    np.testing.assert_array_equal(fig[18 : 18 + 96, 124:244], output)
+    zoom_top = 18 + 96 + 6 + 18
+    np.testing.assert_array_equal(fig[zoom_top : zoom_top + 2 * size : 2, 2 * size + 4 : 4 * size + 4 : 2], output[y : y + size, x : x + size])
