@@ -194,7 +194,8 @@ def test_model_config_round_trip_through_json() -> None:
     deblur, reblur = model_from_config(get_config().model)
     assert deblur == DeblurNet() and reblur == ReblurNet()
     cfg = {"deblur_width": 8, "reblur_width": 4, "num_groups": 3, "branches": ["d1", "d4"],
-           "branch_repeat": 3, "fusion": "sum", "zero_init_offsets": True, "remat": True}  # fmt: skip
+           "branch_repeat": 3, "fusion": "sum", "zero_init_offsets": True, "remat": True,
+           "reblur_residual": True}  # fmt: skip
     d, r = model_from_config(cfg)
     dumped = json.loads(json.dumps(model_config_dict(d, r)))
     assert dumped == cfg
