@@ -61,7 +61,7 @@ Release quirk: in the official release the static branch's mask conv
 (``hallucination_d0.m_conv``) has no padding, so its mask is 2 px smaller than the output
 and mmcv reads it misaligned. This implementation pads it by 1, as the paper describes
 (the weights have the same shape, so they load unchanged); outputs therefore differ
-slightly from the release's near that branch's use, by design (DESIGN.md section 5).
+slightly from the release's near that branch's use, by design.
 
 CLI::
 

@@ -1,4 +1,4 @@
-"""Image quality metrics with named protocols (DESIGN.md section 8).
+"""Image quality metrics with named protocols.
 
 All functions take float images in [0, 1], RGB, either ``(H, W, C)`` (one image; a scalar
 comes back) or ``(B, H, W, C)`` (a batch; a ``(B,)`` array of per-image scores comes back).

@@ -17,7 +17,7 @@ Measurements, each in a fresh subprocess so its peak RSS is its own:
 ``utilization`` = model FLOP/s of (2) / matmul FLOP/s of (1). Parameters are random
 (``--ckpt`` loads real ones instead); the speed does not depend on their values.
 The allocator is chosen with ``--allocator`` (tcmalloc is preloaded into the
-subprocesses when found; DESIGN.md section 9) and reported.
+subprocesses when found) and reported.
 """
 
 from __future__ import annotations

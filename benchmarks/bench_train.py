@@ -10,7 +10,7 @@ DeblurNet forward FLOPs (XLA cost analysis of the forward at the same batch; for
 backward ~ 3x forward). ``matmul_gflops`` = float32 matmul throughput measured in the same
 run; ``utilization`` = achieved / matmul. XLA's own count for the whole step is reported too.
 
-On CPU, run with tcmalloc preloaded (DESIGN.md section 9)::
+On CPU, run with tcmalloc preloaded::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/bench_train.py
 

@@ -1,4 +1,4 @@
-"""The paper's recipe (DESIGN.md section 6): GoPro, random 256x256 crops, batch 6.
+"""The paper's recipe: GoPro, random 256x256 crops, batch 6.
 
 Phases 1-2: Adam lr 1e-4 halved every 1000 epochs until it would fall below 1e-6
 (7000 epochs); phase 3: lr 1e-5 halved every 200 epochs (800 epochs), lambda 0.1.

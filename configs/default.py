@@ -1,4 +1,4 @@
-"""Base configuration: the paper's recipe (DESIGN.md section 6). Variants override it."""
+"""Base configuration: the paper's recipe. Variants override it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    # Networks (DESIGN.md section 5). Table 5 ablations override branches/branch_repeat/fusion.
+    # Networks. Table 5 ablations override branches/branch_repeat/fusion.
     config.model = ml_collections.ConfigDict()
     config.model.deblur_width = 32
     config.model.reblur_width = 16
@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ReblurNet returns sharp + its output (not in the paper; the official weights need False).
     config.model.reblur_residual = False
 
-    # Data (DESIGN.md section 7).
+    # Data.
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "gopro"
     config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_test_crop_size = 256
     config.data.synthetic_test_seed = 0
 
-    # ---- Training (owned by aspdc_jax/training; DESIGN.md section 6) ----
+    # ---- Training (owned by aspdc_jax/training) ----
     # Phases to run, comma-separated, in order: any of deblur, reblur, finetune.
     # `--config.phases=finetune` runs only phase 3 (phases 1-2 must be finished).
     config.phases = "deblur,reblur,finetune"

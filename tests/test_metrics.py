@@ -1,4 +1,4 @@
-"""aspdc_jax.metrics against scikit-image (DESIGN.md section 8)."""
+"""aspdc_jax.metrics against scikit-image."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def bilinear_ref(img: np.ndarray, y: float, x: float) -> np.ndarray:
 
 
 def deform_conv_ref(x, off, mask, kernel, bias, stride, pad, dil, groups):
-    """Slow loop over every output pixel, tap and group (DESIGN.md section 3)."""
+    """Slow loop over every output pixel, tap and group."""
     b, h, w, c = x.shape
     k, _, _, o = kernel.shape
     ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1

@@ -1,4 +1,4 @@
-"""Datasets and input pipeline (DESIGN.md section 7).
+"""Datasets and input pipeline.
 
 Data API: `make_train_loader`, `eval_pairs`, `EvalPair`, `TrainLoader`.
 Stores are TFDS array_record builders (`builders`), the built-in default is synthetic

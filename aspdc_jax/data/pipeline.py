@@ -1,4 +1,4 @@
-"""grain input pipeline and evaluation pairs (the Data API of notes/INTERFACES.md).
+"""grain input pipeline and evaluation pairs.
 
 Training stream (`make_train_loader`)::
 

@@ -1,4 +1,4 @@
-"""Physically based synthetic motion blur (DESIGN.md section 7, paper eq. 1).
+"""Physically based synthetic motion blur (paper eq. 1).
 
 A blurred image is the average, in linear light, of N sharp frames seen by a camera that
 moves along a smooth random trajectory during the exposure (one homography per frame:

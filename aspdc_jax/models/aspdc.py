@@ -7,7 +7,7 @@ For input ``x`` (B, h, w, c)::
     a      = softmax(afim(x))                 # (B, h, w, n_branches), AFIM attention
     out    = fusion_conv(sum_k a_k * y_k) + x
 
-Branches (DESIGN.md section 5):
+Branches:
 
 * ``"static"``: mask = sigmoid(conv3(r) -> 9), offsets are zero (a modulated, not
   deformed, 3x3 conv). Its mask conv uses padding 1, as the paper describes; the official

@@ -1,4 +1,4 @@
-"""Building the networks from ``config.model`` and back (DESIGN.md section 5).
+"""Building the networks from ``config.model`` and back.
 
 ``config.model`` (configs/default.py) has the keys of :data:`MODEL_CONFIG_KEYS`::
 

@@ -1,4 +1,4 @@
-"""DeblurNet: the ASPDC deblurring network (official ``DeblurringNet``), DESIGN.md section 5.
+"""DeblurNet: the ASPDC deblurring network (official ``DeblurringNet``).
 
 Parameter tree (width w; names follow the paper, official names in ``aspdc_jax.convert``)::
 

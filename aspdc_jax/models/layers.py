@@ -1,4 +1,4 @@
-"""Building blocks shared by DeblurNet and ReblurNet (DESIGN.md section 5).
+"""Building blocks shared by DeblurNet and ReblurNet.
 
 Every convolution is initialised like the official release: Xavier (Glorot) normal
 kernels (plain normal, not truncated, as ``torch.nn.init.xavier_normal_``), zero biases.

@@ -1,4 +1,4 @@
-"""ReblurNet: the reblurring network (official ``BlurringNet``), DESIGN.md section 5.
+"""ReblurNet: the reblurring network (official ``BlurringNet``).
 
 One set of weights, two streams. The guidance stream sees ``concat(blurred, sharp)`` and
 yields per-pixel 3x3 kernel logits at each of the 7 stages; the reblur stream sees

@@ -1,7 +1,7 @@
 """Modulated deformable convolution (DCNv2) from one matmul and bilinear gathers.
 
-Semantics are those of torchvision's ``deform_conv2d`` / mmcv's ``ModulatedDeformConv2d``
-(DESIGN.md section 3), moved to NHWC. For output pixel ``(y, x)``, kernel tap
+Semantics are those of torchvision's ``deform_conv2d`` / mmcv's ``ModulatedDeformConv2d``,
+moved to NHWC. For output pixel ``(y, x)``, kernel tap
 ``i = ky * k + kx`` (row-major) and offset group ``g``::
 
     out[b, y, x, o] = bias[o] + sum_{c, i} W[ky, kx, c, o] * m[b, y, x, g*k*k + i]

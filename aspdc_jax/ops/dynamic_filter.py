@@ -1,4 +1,4 @@
-"""Per-pixel dynamic filtering used by the reblurring network (DESIGN.md section 4).
+"""Per-pixel dynamic filtering used by the reblurring network.
 
 ``out[b, y, x, c] = sum_i softmax(logits[b, y, x, :])_i * in_pad[b, y + ky, x + kx, c]``
 for a ``k x k`` window (``i = ky * k + kx``), with ``in_pad`` reflect-padded by ``k // 2``.

@@ -1,4 +1,4 @@
-"""Image losses of the three phases (DESIGN.md section 6).
+"""Image losses of the three phases.
 
 All images are NHWC float32 in [-1, 1]. ``mse`` is the paper's plain MSE on that range;
 ``imagenet_mse`` reproduces the official release, which maps to [0, 1] and normalises

@@ -1,4 +1,4 @@
-"""Learning-rate schedules expressed in epochs (DESIGN.md section 6).
+"""Learning-rate schedules expressed in epochs.
 
 The paper halves the learning rate every K epochs and stops when it would fall below a
 floor: phases 1-2 start at 1e-4, K = 1000, floor 1e-6 (7 levels, 7000 epochs); phase 3

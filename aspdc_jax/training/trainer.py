@@ -1,4 +1,4 @@
-"""The three-phase training loop of ``train.py`` (DESIGN.md section 6).
+"""The three-phase training loop of ``train.py``.
 
 ``train_and_evaluate(config, workdir)`` runs the phases named in ``config.phases`` in the
 order deblur, reblur, finetune. Each phase resumes from its latest checkpoint (params,
