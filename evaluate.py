@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from aspdc_jax import cli, evaluation, inference
-from aspdc_jax.checkpoint import CheckpointError
+from aspdc_jax import cli, inference
+from aspdc_jax.evaluation import protocol as evaluation
+from aspdc_jax.weights import CheckpointError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ckpt", None, "Export folder or train.py workdir / phase folder.", required=True)

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     maybe_initialize_distributed()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    from aspdc_jax.checkpoint import CheckpointError
+    from aspdc_jax.weights import CheckpointError
     from aspdc_jax.cli import reporting_user_errors
     from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 

@@ -8,9 +8,17 @@ import argparse
 import contextlib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
-__all__ = ["USER_ERRORS", "FlagParser", "parse_absl_flags", "reporting_user_errors"]
+__all__ = [
+    "USER_ERRORS",
+    "FlagParser",
+    "parse_absl_flags",
+    "print_user_error",
+    "reporting_user_errors",
+    "returning_user_errors",
+]
 
 # Raised for bad input (a missing folder or checkpoint, a wrong config value, an image
 # smaller than the crop, an output folder that is a file, ...), with a message that says
@@ -29,18 +37,44 @@ def reporting_user_errors(*extra: type[BaseException], traceback: bool = False) 
     except USER_ERRORS + extra as err:
         if traceback:
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        print("(rerun with --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
+        print_user_error(err)
         sys.exit(2)
 
 
+def returning_user_errors(main: Callable[[], int], *extra: type[BaseException], traceback: bool = False) -> int:
+    """``main()``, or exit status 2 after `print_user_error` when it raises one of
+    ``USER_ERRORS`` (and ``extra``): the argparse tools' form of `reporting_user_errors`."""
+    try:
+        return main()
+    except USER_ERRORS + extra as err:
+        if traceback:
+            raise
+        print_user_error(err)
+        return 2
+
+
+def print_user_error(err: BaseException | str) -> None:
+    """The one way the entry points report bad input: ``error: <message>`` on stderr, and
+    how to see the traceback."""
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    print("(rerun with --verbosity=1 for the traceback)", file=sys.stderr, flush=True)
+
+
 class FlagParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` that reads ``--a-b`` as ``--a_b``.
+    """``argparse.ArgumentParser`` that reads ``--a-b`` as ``--a_b``, and has ``--verbosity``.
 
     The argparse tools (deblur, convert, the synthetic preview, the benchmarks) declare
     their multi-word flags with underscores, like the absl flags of ``train.py`` and
     ``evaluate.py``; users may type either spelling. Tokens after ``--`` are left alone.
+    ``--verbosity=1`` shows the traceback of an ``error:`` (as absl's flag does).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--verbosity", type=int, default=0,
+            help="1: show the traceback behind an 'error:' line (default 0: the line only)",
+        )
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -99,7 +133,7 @@ def reporting_bad_overrides(argv: Sequence[str]) -> Iterator[None]:
         )
 
 
-def _exit_usage(message: str) -> None:
+def _exit_usage(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     print("(--help lists the flags)", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -67,7 +67,7 @@ CLI::
 
     python -m aspdc_jax.convert --deblur DeblurringNet_FT.pth [--reblur ReBlurringNet.pth] --out DIR
 
-writes an export (Orbax params + ``model_config.json``) that ``aspdc_jax.checkpoint.
+writes an export (Orbax params + ``model_config.json``) that ``aspdc_jax.weights.
 load_for_inference`` and the inference / evaluation entry points load.
 """
 
@@ -88,8 +88,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.cli import FlagParser
+from aspdc_jax.cli import FlagParser, returning_user_errors
 from aspdc_jax.models import DeblurNet, ReblurNet, model_config_dict
+from aspdc_jax.trees import flatten
 
 __all__ = [
     "ConversionError",
@@ -422,15 +423,6 @@ def _to_official(array: np.ndarray, transform: str) -> np.ndarray:
     return array
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flat(value, f"{path}/")
-        else:
-            yield path, value
-
-
 def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     *parents, leaf = path.split("/")
     for p in parents:
@@ -484,7 +476,7 @@ def _convert(
 
 def _param_shapes(module: Any, *inputs: jax.ShapeDtypeStruct) -> dict[str, tuple[int, ...]]:
     variables = jax.eval_shape(module.init, jax.random.key(0), *inputs)
-    return {path: tuple(leaf.shape) for path, leaf in _flat(variables["params"])}
+    return {path: tuple(leaf.shape) for path, leaf in flatten(variables["params"]).items()}
 
 
 def _width(sd: Mapping[str, np.ndarray], key: str, what: str) -> int:
@@ -528,7 +520,7 @@ def reblur_from_official(sd: Mapping[str, np.ndarray]) -> tuple[ReblurNet, dict[
 
 
 def _from_flax(params: Mapping[str, Any], table: list[TableRow]) -> dict[str, np.ndarray]:
-    flat = dict(_flat(params))
+    flat = flatten(params)
     missing = [flax for _, flax, _, _ in table if flax not in flat]
     if missing:
         raise ConversionError(
@@ -568,36 +560,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="export folder to write (new, empty, or an earlier export)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     args = parser.parse_args(argv)
+    return returning_user_errors(
+        lambda: _run(args), ConversionError, UnsafeCheckpointError, traceback=args.verbosity > 0
+    )
 
-    from aspdc_jax.checkpoint import is_export, save_export  # noqa: PLC0415 (keeps orbax off the import path)
 
-    out_dir = args.out.expanduser()
-    problem = None
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    from aspdc_jax.weights import is_export  # noqa: PLC0415 (keeps orbax off the import path)
+
     if out_dir.exists() and not out_dir.is_dir():
-        problem = f"--out {out_dir} exists and is not a folder"
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise NotADirectoryError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
         if not is_export(out_dir):
-            problem = f"--out {out_dir} is not empty and holds no export; choose a new or empty folder"
-        elif not args.overwrite:
-            problem = f"--out {out_dir} already holds an export; add --overwrite to replace it"
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        deblur, deblur_params = deblur_from_official(read_torch_state_dict(args.deblur))
-        reblur, reblur_params = None, None
-        if args.reblur is not None:
-            reblur, reblur_params = reblur_from_official(read_torch_state_dict(args.reblur))
-    except (ConversionError, UnsafeCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            raise FileExistsError(f"--out {out_dir} is not empty and holds no export; choose a new or empty folder")
+        if not overwrite:
+            raise FileExistsError(f"--out {out_dir} already holds an export; add --overwrite to replace it")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from aspdc_jax.weights import save_export  # noqa: PLC0415 (keeps orbax off the import path)
+
+    _check_out_dir(args.out.expanduser(), args.overwrite)
+    deblur, deblur_params = deblur_from_official(read_torch_state_dict(args.deblur))
+    reblur, reblur_params = None, None
+    if args.reblur is not None:
+        reblur, reblur_params = reblur_from_official(read_torch_state_dict(args.reblur))
     out = save_export(
         args.out,
         model_config=model_config_dict(deblur, reblur),
         deblur_params=deblur_params,
         reblur_params=reblur_params,
     )
-    count = lambda tree: sum(int(np.size(a)) for _, a in _flat(tree))  # noqa: E731
+    count = lambda tree: sum(int(np.size(a)) for a in flatten(tree).values())  # noqa: E731
     print(f"DeblurNet(width={deblur.width}): {count(deblur_params):,} parameters from {args.deblur}")
     if reblur is not None:
         print(f"ReblurNet(width={reblur.width}): {count(reblur_params):,} parameters from {args.reblur}")

@@ -6,7 +6,7 @@
 writes an export (``model_config.json`` + ``params/``, loadable by every ``--ckpt``),
 ``training.json`` (the training command, the full config of the deblurring phase, and the
 held-out evaluations from ``metrics.jsonl``) and ``SHA256SUMS``, which
-:func:`aspdc_jax.checkpoint.load_export` checks before it reads anything: a modified or
+:func:`aspdc_jax.weights.load_export` checks before it reads anything: a modified or
 damaged weight file is refused and named.
 """
 
@@ -19,9 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aspdc_jax.checkpoint import load_for_inference, save_export, write_manifest
-from aspdc_jax.cli import FlagParser, reporting_user_errors
-from aspdc_jax.training.checkpoints import PhaseCheckpoints
+from aspdc_jax.cli import FlagParser, returning_user_errors
+from aspdc_jax.weights import (
+    CheckpointError,
+    PhaseFolder,
+    load_for_inference,
+    phase_folders,
+    save_export,
+    write_manifest,
+)
 
 __all__ = ["main", "publish"]
 
@@ -42,12 +48,15 @@ def _evaluations(workdir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _phase_config(workdir: Path, phase: str) -> dict[str, Any] | None:
-    """The config saved with the latest checkpoint of ``WORKDIR/<phase>`` (None if none)."""
-    if not (workdir / phase).is_dir():
-        return None
-    with PhaseCheckpoints(workdir / phase, read_only=True) as ckpt:
-        return ckpt.saved_config() if ckpt.latest_step() is not None else None
+def _phase_configs(workdir: Path) -> dict[str, dict[str, Any]]:
+    """``{phase: the config saved with its latest checkpoint}`` of a workdir."""
+    configs = {}
+    for folder in phase_folders(workdir):
+        with PhaseFolder(folder) as phase:
+            config = phase.saved_config()
+        if config is not None:
+            configs[folder.name] = config
+    return configs
 
 
 def publish(ckpt: str | Path, out: str | Path, *, command: str = "", include_reblur: bool = True) -> Path:
@@ -70,7 +79,7 @@ def publish(ckpt: str | Path, out: str | Path, *, command: str = "", include_reb
         info = {
             "source": loaded.source,
             "command": command,
-            "config": {p: c for p in ("deblur", "reblur", "finetune") if (c := _phase_config(workdir, p))},
+            "config": _phase_configs(workdir),
             "evaluations": _evaluations(workdir),
         }
         (out / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
@@ -92,11 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--command", default="", help="the training command, recorded in training.json")
     parser.add_argument("--no_reblur", action="store_true", help="leave the ReblurNet out")
     args = parser.parse_args(argv)
-    with reporting_user_errors():
+
+    def run() -> int:
         out = publish(args.ckpt, args.out, command=args.command, include_reblur=not args.no_reblur)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         print(f"wrote {out} ({size / 2**20:.2f} MiB)")
-    return 0
+        return 0
+
+    return returning_user_errors(run, CheckpointError, traceback=args.verbosity > 0)
 
 
 if __name__ == "__main__":

@@ -176,10 +176,9 @@ def _run(name: str, args, extra: list[str]) -> dict:
 
 
 def _psnr(a, b) -> float:
-    import numpy as np  # noqa: PLC0415
+    from aspdc_jax.evaluation.metrics import psnr_numpy  # noqa: PLC0415 (after the device setup)
 
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return psnr_numpy(a, b, peak=255.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def _model(ckpt: str | None):
     import numpy as np  # noqa: PLC0415
 
     if ckpt:
-        from aspdc_jax.checkpoint import load_for_inference  # noqa: PLC0415
+        from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
 
         loaded = load_for_inference(ckpt)
         return loaded.deblur, loaded.deblur_params

@@ -48,7 +48,7 @@ from aspdc_jax.training import (  # noqa: E402
     mse,
 )
 from aspdc_jax.training.sharding import replicate  # noqa: E402
-from aspdc_jax.training.trainer import compute_modules  # noqa: E402
+from aspdc_jax.training.loop import compute_modules  # noqa: E402
 from bench_inference import _peak_rss_gib  # noqa: E402
 
 
@@ -119,7 +119,8 @@ def measure_steps(
     results: dict = {"forward_flops": forward_flops, "model_flops": 3.0 * forward_flops}
     for phase in ("deblur", "finetune"):
         state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
-        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
+        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh,
+                               phase_config={"reblur_weight": 0.1})
         extra = (rparams,) if phase == "finetune" else ()
         t = time.perf_counter()
         compiled = step.lower(state, batch, *extra).compile()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aspdc_jax.cli import FlagParser
-from aspdc_jax.deblur import build_parser
+from aspdc_jax.inference.cli import build_parser
 
 
 def _parser() -> FlagParser:

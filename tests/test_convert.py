@@ -223,7 +223,7 @@ def test_outputs_match_official_float32(official, deblur_sd, reblur_sd) -> None:
 
 
 def test_cli_writes_an_export_that_loads(tmp_path, official, deblur_sd, capsys) -> None:
-    from aspdc_jax.checkpoint import load_for_inference
+    from aspdc_jax.weights import load_for_inference
 
     out_dir = tmp_path / "export"
     rc = convert.main(

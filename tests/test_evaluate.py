@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import smooth_image, tiny_export
+from tests.helpers.models import smooth_image, tiny_export
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from aspdc_jax import figures, inference
-from aspdc_jax.alignment import realblur_scores, warp_image
+from aspdc_jax import inference
+from aspdc_jax.evaluation import figures
+from aspdc_jax.evaluation.alignment import realblur_scores, warp_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +138,7 @@ def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
 def test_timing_alone_and_tiny_images(tmp_path):
     """--timing --limit 0 scores nothing and still writes the timing; an image too small for
     SSIM is named in the error; seconds per image leave out the compiling calls."""
-    from aspdc_jax.evaluation import EvalConfig, evaluate, format_table  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate, format_table  # noqa: PLC0415
 
     export = tiny_export(tmp_path / "export")
     root = tmp_path / "pf"
@@ -169,7 +170,7 @@ def test_timing_alone_and_tiny_images(tmp_path):
 def test_output_names_keep_dots_and_never_collide(tmp_path):
     """shot.v1 / shot.v2 keep their own PNG and figures; pairs that would share a file
     (x from x.png, x.png from x.png.png) get distinct, deterministic names."""
-    from aspdc_jax.evaluation import EvalConfig, evaluate  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate  # noqa: PLC0415
 
     export = tiny_export(tmp_path / "export")
     root = tmp_path / "pf"
@@ -199,7 +200,7 @@ def test_output_names_keep_dots_and_never_collide(tmp_path):
 
 
 def test_output_name_rules():
-    from aspdc_jax.evaluation import _output_name  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import _output_name  # noqa: PLC0415
 
     taken: set[str] = set()
     names = ["GOPR0384_11_00/000001", "a.JPG", "b.tar", "A", "a", "a_2", "v1.2"]
@@ -209,7 +210,7 @@ def test_output_name_rules():
 
 
 def test_table_counts_images_in_words():
-    from aspdc_jax.evaluation import format_table  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import format_table  # noqa: PLC0415
 
     scores = dict(psnr=30.0, ssim=0.9, ssim_official=0.91, psnr_blurred=25.0, ssim_blurred=0.8, ssim_official_blurred=0.81)
     assert "\n(1 image; PSNR" in format_table(dict(scores, dataset="gopro", num_images=1))
@@ -218,7 +219,7 @@ def test_table_counts_images_in_words():
 
 
 def test_out_that_is_a_file_is_refused_first(tmp_path):
-    from aspdc_jax.evaluation import EvalConfig, evaluate  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate  # noqa: PLC0415
 
     (tmp_path / "outfile.png").write_bytes(b"x")
     for out, message in (
@@ -230,7 +231,7 @@ def test_out_that_is_a_file_is_refused_first(tmp_path):
 
 
 def test_timing_block(tmp_path):
-    from aspdc_jax.evaluation import measure_timing
+    from aspdc_jax.evaluation.protocol import measure_timing
 
     deblurrer = inference.load(tiny_export(tmp_path / "export"), bucket="exact")
     timing = measure_timing(deblurrer, height=36, width=64, repeats=1)
@@ -267,11 +268,10 @@ def test_realblur_alignment_recovers_a_shift():
 @pytest.mark.slow
 def test_train_workdir_loads_for_inference_and_evaluation(tmp_path):
     """A tiny train.py workdir (deblur + reblur phases) through inference.load and evaluate."""
-    pytest.importorskip("test_train_fakes")
-    from test_train_fakes import fake_loader_factory
+    from tests.helpers.train_fakes import fake_loader_factory
     from test_train_loop import tiny_config
 
-    from aspdc_jax.evaluation import EvalConfig, evaluate
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate
     from aspdc_jax.training import train_and_evaluate
 
     config = tiny_config()

@@ -10,15 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from eval_helpers import smooth_image, tiny_export, tiny_models
+from tests.helpers.models import smooth_image, tiny_export, tiny_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from aspdc_jax import deblur as deblur_module
+from aspdc_jax.inference import cli as deblur_module
 from aspdc_jax import inference
-from aspdc_jax.deblur import MANIFEST_NAME, ImageReadError, read_image
-from aspdc_jax.deblur import main as deblur_main
+from aspdc_jax.images import ImageReadError, read_image
+from aspdc_jax.inference.cli import MANIFEST_NAME
+from aspdc_jax.inference.cli import main as deblur_main
 from aspdc_jax.images import to_model, to_uint8
 
 

@@ -1,4 +1,4 @@
-"""aspdc_jax.metrics against scikit-image."""
+"""aspdc_jax.evaluation.metrics against scikit-image."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from aspdc_jax import metrics
+from aspdc_jax.evaluation import metrics
 
 
 def _pair(seed: int, shape: tuple[int, ...], noise: float = 0.08) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,12 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.checkpoint import CheckpointError, load_for_inference
+from aspdc_jax.weights import CheckpointError, load_for_inference
 from aspdc_jax.models import ReblurNet, model_config_dict, model_from_config
 from aspdc_jax.publish import main as publish_main
-from aspdc_jax.training.evaluation import evaluate_pairs
+from aspdc_jax.training.validation import evaluate_pairs
 from aspdc_jax.training.state import make_optimizer
-from tests.eval_helpers import random_params, tiny_export
+from tests.helpers.models import random_params, tiny_export
 
 
 def _opt_config(**kw) -> ml_collections.ConfigDict:
@@ -114,7 +114,7 @@ def test_published_weights_refuse_a_modified_file(tmp_path: pathlib.Path, capsys
 
 
 def test_comparison_figure_zooms_where_the_output_changed_most():
-    from aspdc_jax import figures  # noqa: PLC0415
+    from aspdc_jax.evaluation import figures  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     sharp = rng.integers(0, 256, (96, 120, 3)).astype(np.uint8)
@@ -134,3 +134,24 @@ def test_comparison_figure_zooms_where_the_output_changed_most():
     np.testing.assert_array_equal(fig[18 : 18 + 96, 124:244], output)
     zoom_top = 18 + 96 + 6 + 18
     np.testing.assert_array_equal(fig[zoom_top : zoom_top + 2 * size : 2, 2 * size + 4 : 4 * size + 4 : 2], output[y : y + size, x : x + size])
+
+
+DEMO_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "demo"
+
+
+def test_shipped_demo_weights_load_checked_and_deblur():
+    """weights/demo passes its SHA-256 manifest, loads, and improves a held-out blurred
+    crop (gopro band) rather than returning its input."""
+    from aspdc_jax import inference  # noqa: PLC0415
+    from aspdc_jax.data import synthetic  # noqa: PLC0415
+
+    assert (DEMO_WEIGHTS / "SHA256SUMS").is_file()
+    deblurrer = inference.load(DEMO_WEIGHTS)
+    photos = [p for p in synthetic.builtin_photos("test") if p[0] in ("chelsea", "coffee")]
+    pairs = synthetic.synthetic_test_pairs(photos, crops_per_photo=1, crop_size=128, bands=("gopro",))
+    blurred = np.stack([p[1] for p in pairs])
+    sharp = np.stack([p[2] for p in pairs])
+    out = deblurrer.deblur(blurred)
+    assert out.shape == blurred.shape and out.dtype == np.uint8 and not np.array_equal(out, blurred)
+    gains = [synthetic.psnr_u8(o, s) - synthetic.psnr_u8(b, s) for o, b, s in zip(out, blurred, sharp)]
+    assert np.mean(gains) > 0.0, gains

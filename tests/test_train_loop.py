@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_fakes import fake_loader_factory
+from tests.helpers.train_fakes import fake_loader_factory
 
-from aspdc_jax.checkpoint import CheckpointError, load_for_inference
+from aspdc_jax.weights import CheckpointError, load_for_inference
 from aspdc_jax.training import NonFiniteLossError, PhaseCheckpoints, train_and_evaluate
-from aspdc_jax.training.checkpoints import load_workdir_for_inference
+from aspdc_jax.weights import load_workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).parent
@@ -53,7 +53,7 @@ RUNNER = textwrap.dedent(
     """
     import os, signal, sys
     sys.path[:0] = [{root!r}, {tests!r}]
-    import test_train_fakes
+    from tests.helpers import train_fakes as test_train_fakes
     from test_train_loop import tiny_config
     from aspdc_jax.training import train_and_evaluate
 
@@ -231,7 +231,7 @@ def test_load_workdir_for_inference(runs):
 
     for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded.deblur_params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    phase_only = load_workdir_for_inference(workdir / "deblur")
+    phase_only = load_workdir(workdir / "deblur")
     assert phase_only.deblur.width == 4
     # A step folder loads that step (the run keeps steps 4 and 6).
     older = load_for_inference(workdir / "deblur" / "4")

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np, optax
-    from test_train_fakes import FakeLoader
+    from tests.helpers.train_fakes import FakeLoader
     from aspdc_jax.models import model_from_config
     from aspdc_jax.training import TrainState, init_params, make_mesh, make_train_step, mse
     from aspdc_jax.training.sharding import replicate

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from test_train_fakes import FakeLoader
+from tests.helpers.train_fakes import FakeLoader
 
 from aspdc_jax.models import model_from_config
 from aspdc_jax.training import (
@@ -121,7 +121,8 @@ def test_phase_step_lowers_loss_on_fixed_batch(tiny, phase):
     params = tiny["reblur_params"] if phase == "reblur" else tiny["deblur_params"]
     state = replicate(TrainState.create(params, tx), mesh)
     step = make_train_step(
-        phase, deblur=tiny["deblur"], reblur=tiny["reblur"], tx=tx, image_loss=mse, mesh=mesh
+        phase, deblur=tiny["deblur"], reblur=tiny["reblur"], tx=tx, image_loss=mse, mesh=mesh,
+        phase_config={"reblur_weight": 0.1},
     )
     frozen_before = jax.tree_util.tree_map(np.array, tiny["reblur_params"])
     extra = (replicate(tiny["reblur_params"], mesh),) if phase == "finetune" else ()
@@ -148,7 +149,7 @@ def test_finetune_loss_is_deblur_plus_lambda_reblur(tiny):
     from aspdc_jax.training import make_loss_fn
 
     fn = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"],
-                      image_loss=mse, reblur_weight=0.25)
+                      image_loss=mse, phase_config={"reblur_weight": 0.25})
     loss, m = jax.jit(fn)(tiny["deblur_params"], tiny["batch"], tiny["reblur_params"])
     np.testing.assert_allclose(float(loss), float(m["deblur_loss"]) + 0.25 * float(m["reblur_loss"]),
                                rtol=1e-6)
@@ -160,21 +161,23 @@ def test_bfloat16_compute_step_matches_float32_and_keeps_float32_state(tiny):
     params, optimizer state and the loss stay float32, and the loss is the float32 one to
     bfloat16 accuracy."""
     from aspdc_jax.training import make_loss_fn
-    from aspdc_jax.training.trainer import compute_modules
+    from aspdc_jax.training.loop import compute_modules
 
     cfg = ml_collections.ConfigDict({"compute_dtype": "bfloat16"})
     deblur, reblur = compute_modules(cfg, tiny["deblur"], tiny["reblur"])
     assert deblur.dtype == jnp.bfloat16 and reblur.dtype == jnp.bfloat16
     args = (tiny["deblur_params"], tiny["batch"], tiny["reblur_params"])
-    ref, _ = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse)(*args)
-    got, _ = make_loss_fn("finetune", deblur=deblur, reblur=reblur, image_loss=mse)(*args)
+    W = {"reblur_weight": 0.1}
+    ref, _ = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse, phase_config=W)(*args)
+    got, _ = make_loss_fn("finetune", deblur=deblur, reblur=reblur, image_loss=mse, phase_config=W)(*args)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(float(got), float(ref), rtol=2e-2)
 
     tx = optax.adam(3e-3, eps=1e-18)
     mesh = tiny["mesh"]
     state = replicate(TrainState.create(tiny["deblur_params"], tx), mesh)
-    step = make_train_step("finetune", deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh)
+    step = make_train_step("finetune", deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh,
+                           phase_config=W)
     extra = (replicate(tiny["reblur_params"], mesh),)
     losses = []
     for _ in range(6):

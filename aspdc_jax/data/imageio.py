@@ -1,14 +1,6 @@
 """Reading images as 8-bit RGB, PNG encoding and the tiled PNG storage of the stores.
 
-Conversions done by `read_rgb8` (documented, never silent failures):
-- grayscale (L, 1, LA, I;16 gray) -> the gray value replicated to R, G and B;
-- RGBA / LA / palette with transparency -> the alpha channel is discarded (colour kept);
-- 16-bit grayscale (I;16*, and I with values in 0..65535) -> 8-bit by ``round(v / 257)``
-  (65535 -> 255); an I image with values outside 0..65535 is refused;
-- 48/64-bit RGB(A) PNG -> 8-bit by Pillow's decoder, which keeps the high byte (``v >> 8``;
-  within 1 of ``round(v / 257)``);
-- palette, CMYK, YCbCr -> RGB via Pillow.
-Any file that cannot be decoded raises ValueError naming the file.
+Files are read by `aspdc_jax.images.read_image` (its docstring lists the conversions).
 
 Stores keep each image as a grid of PNG tiles (`TILE` x `TILE`, row-major, ragged at
 the right/bottom edges) so a training crop only decodes the tiles it overlaps: a 256x256
@@ -22,7 +14,9 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from aspdc_jax import images
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,7 +30,7 @@ __all__ = [
     "read_rgb8",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = tuple(sorted(images.IMAGE_SUFFIXES))
 TILE = 128
 
 
@@ -46,67 +40,28 @@ def list_images(folder: str | pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _to_rgb8(arr: np.ndarray, path: object) -> np.ndarray:
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    if arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) or (arr.dtype.kind in "iu" and arr.dtype.itemsize > 1):
-        if arr.min() < 0 or arr.max() > 65535:
-            raise ValueError(f"{path}: integer image with values outside [0, 65535] ({arr.dtype}); cannot convert to 8-bit")
-        arr = np.rint(arr.astype(np.float64) / 257.0).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {arr.dtype}; expected 8- or 16-bit integers")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha
-        arr = np.repeat(arr[:, :, :1], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[2] == 4:  # RGBA: alpha discarded
-        arr = arr[:, :, :3]
-    elif not (arr.ndim == 3 and arr.shape[2] == 3):
-        raise ValueError(f"{path}: unsupported image shape {arr.shape}; expected HxW, HxWx3 or HxWx4")
-    return np.ascontiguousarray(arr)
-
-
 def read_rgb8(path: str | pathlib.Path) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB, converting as the module doc says.
+    """Read an image file as uint8 (H, W, 3) RGB (`aspdc_jax.images.read_image`; an alpha
+    channel is discarded).
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file when it
-    cannot be decoded.
+    Raises FileNotFoundError for a missing file and ValueError (`ImageReadError`) naming
+    the file when it cannot be decoded.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _pil_to_rgb8(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ValueError) and str(path) in str(e):
-            raise
-        raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def _pil_to_rgb8(im: Image.Image, path: object) -> np.ndarray:
-    mode = im.mode
-    if mode in ("RGB", "L", "RGBA", "LA"):
-        return _to_rgb8(np.asarray(im), path)
-    if mode.startswith("I;16") or mode == "I":
-        return _to_rgb8(np.asarray(im).astype(np.int64), path)
-    if mode == "1":
-        return _to_rgb8(np.asarray(im.convert("L")), path)
-    if mode in ("P", "PA"):
-        return _to_rgb8(np.asarray(im.convert("RGBA")), path)
-    if mode == "F":
-        raise ValueError(f"{path}: floating-point image (mode F) is not supported; save it as 8- or 16-bit PNG")
-    return _to_rgb8(np.asarray(im.convert("RGB")), path)
+    return images.read_image(path).rgb
 
 
 def decode_png(data: bytes, what: object = "<bytes>") -> np.ndarray:
-    """Decode PNG (or any Pillow-readable) bytes to uint8 (H, W, 3)."""
+    """The store's codec, inverse of `encode_png`: PNG bytes -> uint8 (H, W, 3).
+
+    (Files a user gives go through `aspdc_jax.images.read_image`, which converts any mode.)
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return _pil_to_rgb8(im, what)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            return np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+    except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot decode image {what}: {e}") from e
 
 

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aspdc_jax.cli import FlagParser
+from aspdc_jax.cli import FlagParser, returning_user_errors
+from aspdc_jax.evaluation.metrics import psnr_numpy
 
 __all__ = [
     "BUILTIN_TEST_PHOTOS",
@@ -735,8 +736,7 @@ def synthetic_test_pairs(
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB, peak 255) between two uint8 images."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    return psnr_numpy(a, b, peak=255.0)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -809,12 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 1 or args.crop_size < 1 or not (np.isfinite(args.strength) and args.strength >= 0):
         parser.error("--rows and --crop_size must be >= 1 and --strength a finite number >= 0")
-    try:
+
+    def run() -> int:
         _preview(args.preview, args.strength, args.crop_size, args.rows, args.seed, args.photo_dir)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return returning_user_errors(run, OSError, traceback=args.verbosity > 0)
 
 
 if __name__ == "__main__":

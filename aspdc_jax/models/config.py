@@ -13,14 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
+
 from aspdc_jax.models.aspdc import validate_branches
 from aspdc_jax.models.deblur_net import DeblurNet
 from aspdc_jax.models.reblur_net import ReblurNet
 
 __all__ = [
     "ABLATIONS",
+    "COMPUTE_DTYPES",
     "MODEL_CONFIG_DEFAULTS",
     "MODEL_CONFIG_KEYS",
+    "compute_dtype",
     "model_config_dict",
     "model_from_config",
 ]
@@ -55,6 +59,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "static_d1_d2_d4_sum": {"branches": ("static", "d1", "d2", "d4"), "fusion": "sum"},
     "full": {"branches": ("static", "d1", "d2", "d4"), "fusion": "afim"},  # the paper's model
 }
+
+
+#: Compute dtypes by name (``config.compute_dtype``, ``Deblurrer(dtype=...)``); parameters
+#: stay float32 either way.
+COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str, field: str = "dtype") -> Any:
+    """The JAX dtype named ``name``; ValueError naming ``field`` for an unknown name."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"{field} must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
+    return COMPUTE_DTYPES[name]
 
 
 def _positive_int(cfg: Mapping[str, Any], key: str) -> int:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aspdc_jax.trees import flatten
+
 __all__ = ["init_params"]
 
 PyTree = Any
@@ -24,8 +26,7 @@ _ZERO_INIT_PARENTS = ("offset_conv", "mask_conv")
 
 
 def _leaf_paths(tree: PyTree) -> list[tuple[tuple[str, ...], Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(tuple(str(getattr(k, "key", k)) for k in path), leaf) for path, leaf in flat]
+    return [(tuple(path.split("/")), leaf) for path, leaf in flatten(tree).items()]
 
 
 def init_params(module: nn.Module, rng: jax.Array, *inputs: Any) -> PyTree:

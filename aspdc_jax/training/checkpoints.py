@@ -1,4 +1,6 @@
-"""Per-phase Orbax checkpoints of ``train.py`` and loading a workdir for inference.
+"""Per-phase Orbax checkpoints of ``train.py``: saving, resuming and the phase hand-off.
+
+Loading a workdir for inference is `aspdc_jax.weights.load_workdir`.
 
 Layout of a workdir::
 
@@ -26,15 +28,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aspdc_jax.checkpoint import CheckpointError, LoadedModels
-from aspdc_jax.training.state import PHASES, param_shapes
+from aspdc_jax.weights import CheckpointError, PhaseFolder
+from aspdc_jax.training.phases import PHASES
+from aspdc_jax.training.state import param_shapes
 
 __all__ = [
     "PhaseCheckpoints",
     "check_shapes",
     "decode_data_state",
     "encode_data_state",
-    "load_workdir_for_inference",
     "phase_dir",
 ]
 
@@ -102,48 +104,30 @@ def check_shapes(
     raise CheckpointError("\n".join(lines))
 
 
-class PhaseCheckpoints:
-    """An Orbax ``CheckpointManager`` for one phase folder (``WORKDIR/<phase>``).
+class PhaseCheckpoints(PhaseFolder):
+    """An Orbax ``CheckpointManager`` for one phase folder (``WORKDIR/<phase>``) that also
+    saves (the read side is `aspdc_jax.weights.PhaseFolder`).
 
     Saving is synchronous: the train step donates its state buffers right after a save.
+    ``read_only=True`` never saves and never creates the folder.
     """
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, read_only: bool = False):
-        self.directory = Path(directory).expanduser().absolute()
-        self.read_only = read_only
-        # read_only: never saves; opened without Orbax's read_only mode (which only logs
-        # warnings) and without creating the folder.
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else max_to_keep,
-            create=not read_only,
-            enable_async_checkpointing=False,
-            cleanup_tmp_directories=not read_only,
-        )
-        if read_only and not self.directory.is_dir():
-            self._mngr = None
-        else:
-            self._mngr = ocp.CheckpointManager(self.directory, options=options)
-            # Orbax removes leftover temporary folders in a background thread; finish that
-            # now, or an error right after opening (exit 2) races it at interpreter shutdown.
-            wait = getattr(self._mngr, "_maybe_await_cleanup_tmp_directory", None)
-            if wait is not None:
-                wait()
+        self.max_to_keep, self.read_only = max_to_keep, read_only
+        if not read_only:
+            Path(directory).expanduser().mkdir(parents=True, exist_ok=True)
+        super().__init__(directory)
 
-    def close(self) -> None:
-        if self._mngr is not None:
-            self._mngr.close()
+    def _options(self) -> ocp.CheckpointManagerOptions:
+        if self.read_only:
+            return super()._options()
+        return ocp.CheckpointManagerOptions(
+            max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+        )
 
     def __enter__(self) -> PhaseCheckpoints:
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def latest_step(self) -> int | None:
-        return None if self._mngr is None else self._mngr.latest_step()
-
-    def all_steps(self) -> list[int]:
-        return [] if self._mngr is None else list(self._mngr.all_steps())
 
     def save(
         self,
@@ -168,25 +152,6 @@ class PhaseCheckpoints:
             items["frozen"] = ocp.args.StandardSave(frozen)
         self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
         self._mngr.wait_until_finished()
-
-    def meta(self, step: int | None = None) -> dict[str, Any] | None:
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
-
-    def saved_config(self, step: int | None = None) -> dict[str, Any] | None:
-        """The config (as plain JSON) that ``step`` was trained with; None if not stored."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        try:
-            restored = self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        except Exception:  # noqa: BLE001 (an older or hand-made checkpoint without the item)
-            return None
-        return restored["config"]
 
     def restore(
         self,
@@ -223,87 +188,6 @@ def _abstract(x: Any) -> Any:
     sharding = getattr(x, "sharding", None)
     return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype,
                                 sharding=sharding)
-
-
-def _restore_params(ckpt: PhaseCheckpoints, step: int, item: str) -> PyTree:
-    tree = ckpt.restore(step, items=(item,))[item]
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def load_workdir_for_inference(directory: str | Path) -> LoadedModels:
-    """Networks and params from a ``train.py`` workdir or one of its phase folders.
-
-    The DeblurNet comes from ``finetune`` when it has a checkpoint, else ``deblur``; the
-    ReblurNet from ``reblur`` (else the frozen copy in ``finetune``), each at its latest
-    step. A phase folder alone gives that phase's networks (``reblur`` alone holds no
-    DeblurNet and is refused), and a step folder (``WORKDIR/deblur/4000``) that step's.
-
-    Raises:
-      CheckpointError: nothing usable in the folder; the message says what was looked for.
-    """
-    from aspdc_jax.models import model_from_config  # noqa: PLC0415
-
-    directory = Path(directory).expanduser().absolute()
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint folder {directory} does not exist")
-    pinned: int | None = None  # a step folder (WORKDIR/<phase>/<step>): that step
-    if directory.name.isdigit() and directory.parent.name in PHASES:
-        pinned, directory = int(directory.name), directory.parent
-    if directory.name in PHASES and not any((directory / p).is_dir() for p in PHASES):
-        phase_dirs = {directory.name: directory}
-    else:
-        phase_dirs = {p: directory / p for p in PHASES if (directory / p).is_dir()}
-    found: dict[str, tuple[PhaseCheckpoints, int]] = {}
-    for phase, path in phase_dirs.items():
-        ckpt = PhaseCheckpoints(path, read_only=True)
-        step = ckpt.latest_step()
-        if pinned is not None:
-            if pinned not in ckpt.all_steps():
-                raise CheckpointError(
-                    f"{path / str(pinned)} is not a saved step of {path} (saved: "
-                    f"{', '.join(map(str, ckpt.all_steps())) or 'none'})"
-                )
-            step = pinned
-        if step is not None:
-            found[phase] = (ckpt, step)
-    if not found:
-        raise CheckpointError(
-            f"{directory} holds no train.py checkpoint: looked for "
-            f"{', '.join(str(directory / p) for p in PHASES)} with at least one saved step"
-        )
-    deblur_phase = "finetune" if "finetune" in found else "deblur" if "deblur" in found else None
-    if deblur_phase is None:
-        raise CheckpointError(
-            f"{directory} holds only a reblur-phase checkpoint (ReblurNet); a DeblurNet "
-            f"needs a 'deblur' or 'finetune' phase checkpoint"
-        )
-    ckpt, step = found[deblur_phase]
-    meta = ckpt.meta(step)
-    model_config = dict(meta["model_config"])
-    deblur_params = _restore_params(ckpt, step, "params")
-    sources = [f"{deblur_phase} step {step}"]
-    reblur_params = None
-    if "reblur" in found:
-        rckpt, rstep = found["reblur"]
-        reblur_params = _restore_params(rckpt, rstep, "params")
-        sources.append(f"reblur step {rstep}")
-        rconfig = rckpt.meta(rstep)["model_config"]
-        model_config["reblur_width"] = rconfig["reblur_width"]
-        model_config["reblur_residual"] = bool(rconfig.get("reblur_residual", False))
-    elif deblur_phase == "finetune":
-        reblur_params = _restore_params(ckpt, step, "frozen")
-        sources.append(f"reblur (frozen copy in finetune) step {step}")
-    deblur, reblur = model_from_config(model_config)
-    for c, _ in found.values():
-        c.close()
-    return LoadedModels(
-        deblur=deblur,
-        deblur_params=deblur_params,
-        reblur=reblur if reblur_params is not None else None,
-        reblur_params=reblur_params,
-        model_config=model_config,
-        source=f"train.py workdir {directory} ({', '.join(sources)})",
-    )
 
 
 def shapes_of(params: PyTree) -> dict[str, list[int]]:

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-__all__ = ["PHASES", "TrainState", "init_params", "make_optimizer", "param_shapes"]
+from aspdc_jax.trees import flatten
+
+__all__ = ["TrainState", "init_params", "make_optimizer", "param_shapes"]
 
 PyTree = Any
-PHASES = ("deblur", "reblur", "finetune")
 
 
 @flax.struct.dataclass
@@ -91,9 +92,4 @@ def init_params(module: Any, rng: jax.Array, *, which: str) -> PyTree:
 
 def param_shapes(params: PyTree) -> dict[str, list[int]]:
     """``{"path/to/leaf": shape}`` of a params tree (JSON-able; used for shape checks)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    out = {}
-    for path, leaf in flat:
-        key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        out[key] = [int(d) for d in jnp.shape(leaf)]
-    return out
+    return {key: [int(d) for d in jnp.shape(leaf)] for key, leaf in flatten(params).items()}

@@ -1,6 +1,7 @@
-"""Pure, jit-compiled train steps of the three phases and the evaluation forwards.
+"""Pure, jit-compiled train steps of the phases (`aspdc_jax.training.phases`) and the
+evaluation forwards.
 
-Each step is ``(state, batch[, reblur_params]) -> (state, metrics)``; ``batch`` is
+Each step is ``(state, batch[, frozen]) -> (state, metrics)``; ``batch`` is
 ``{"blurred": uint8 (B,H,W,3), "sharp": uint8 (B,H,W,3)}`` (global batch, sharded on the
 mesh's ``data`` axis), converted to [-1, 1] inside the step. Params and optimizer state
 are replicated and the incoming state's buffers are donated.
@@ -8,7 +9,7 @@ are replicated and the incoming state's buffers are donated.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -19,7 +20,8 @@ from jax.sharding import Mesh
 from aspdc_jax.images import to_model
 from aspdc_jax.training.losses import LossFn
 from aspdc_jax.training.sharding import batch_sharding, replicated_sharding
-from aspdc_jax.training.state import PHASES, TrainState
+from aspdc_jax.training.phases import Phase, get_phase
+from aspdc_jax.training.state import TrainState
 
 __all__ = ["make_eval_fns", "make_loss_fn", "make_train_step"]
 
@@ -28,72 +30,51 @@ Metrics = dict[str, jax.Array]
 
 
 def make_loss_fn(
-    phase: str,
+    phase: str | Phase,
     *,
     deblur: Any,
     reblur: Any,
     image_loss: LossFn,
-    reblur_weight: float = 0.1,
+    phase_config: Mapping[str, Any] | None = None,
 ) -> Callable[..., tuple[jax.Array, Metrics]]:
-    """``loss_fn(params, batch, reblur_params=None) -> (loss, metrics)`` of a phase.
+    """``loss_fn(params, batch, frozen=None) -> (loss, metrics)`` of a phase: its entry in
+    `aspdc_jax.training.phases.PHASE_TABLE` on a uint8 batch. ``phase_config`` is
+    ``config.<phase>`` (e.g. finetune's ``reblur_weight``)."""
+    phase = get_phase(phase)
+    nets = {"deblur": deblur, "reblur": reblur}
+    settings = dict(phase_config or {})
 
-    - deblur: ``L(D(b), s)``
-    - reblur: ``L(R(b, s), b)``
-    - finetune: ``L(D(b), s) + reblur_weight * L(R(b, D(b)), b)``, R frozen.
-    """
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-
-    def f32(x: jax.Array) -> jax.Array:  # losses in float32 whatever the compute dtype
-        return x.astype(jnp.float32)
-
-    def loss_fn(params, batch, reblur_params=None):
-        blurred = to_model(batch["blurred"])
-        sharp = to_model(batch["sharp"])
-        if phase == "deblur":
-            out = deblur.apply({"params": params}, blurred)
-            loss = image_loss(f32(out.deblurred), sharp)
-            return loss, {"loss": loss}
-        if phase == "reblur":
-            reblurred = reblur.apply({"params": params}, blurred, sharp)
-            loss = image_loss(f32(reblurred), blurred)
-            return loss, {"loss": loss}
-        out = deblur.apply({"params": params}, blurred)
-        deblur_loss = image_loss(f32(out.deblurred), sharp)
-        frozen = jax.lax.stop_gradient(reblur_params)
-        reblurred = reblur.apply({"params": frozen}, blurred, out.deblurred)
-        reblur_loss = image_loss(f32(reblurred), blurred)
-        loss = deblur_loss + reblur_weight * reblur_loss
-        return loss, {"loss": loss, "deblur_loss": deblur_loss, "reblur_loss": reblur_loss}
+    def loss_fn(params, batch, frozen=None):
+        blurred, sharp = to_model(batch["blurred"]), to_model(batch["sharp"])
+        return phase.loss(nets, params, frozen, blurred, sharp, image_loss, settings)
 
     return loss_fn
 
 
 def make_train_step(
-    phase: str,
+    phase: str | Phase,
     *,
     deblur: Any,
     reblur: Any,
     tx: optax.GradientTransformation,
     image_loss: LossFn,
     mesh: Mesh,
-    reblur_weight: float = 0.1,
+    phase_config: Mapping[str, Any] | None = None,
     donate: bool = True,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step of ``phase`` over ``mesh``.
 
-    deblur / reblur: ``step(state, batch)``; finetune: ``step(state, batch, reblur_params)``
-    (ReblurNet params are an input only: never updated, never donated).
-    Metrics: ``loss`` (+ ``deblur_loss``, ``reblur_loss`` for finetune), ``grad_norm``,
-    ``param_norm`` (of the updated params), all replicated f32 scalars.
+    ``step(state, batch)``, or ``step(state, batch, frozen)`` for a phase with a frozen
+    network (finetune: the ReblurNet params, an input only: never updated, never donated).
+    Metrics: the loss's (``loss``; finetune adds ``deblur_loss``, ``reblur_loss``),
+    ``grad_norm`` and ``param_norm`` (of the updated params), all replicated f32 scalars.
     """
-    loss_fn = make_loss_fn(
-        phase, deblur=deblur, reblur=reblur, image_loss=image_loss, reblur_weight=reblur_weight
-    )
+    phase = get_phase(phase)
+    loss_fn = make_loss_fn(phase, deblur=deblur, reblur=reblur, image_loss=image_loss, phase_config=phase_config)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch: dict[str, jax.Array], reblur_params=None):
-        (_, metrics), grads = grad_fn(state.params, batch, reblur_params)
+    def step(state: TrainState, batch: dict[str, jax.Array], frozen=None):
+        (_, metrics), grads = grad_fn(state.params, batch, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # param_norm turns inf when an update blew the params up, so the NaN guard stops
@@ -107,12 +88,9 @@ def make_train_step(
     repl = replicated_sharding(mesh)
     data = batch_sharding(mesh)
     donate_argnums = (0,) if donate else ()
-    if phase == "finetune":
+    if phase.frozen is not None:
         return jax.jit(
-            step,
-            in_shardings=(repl, data, repl),
-            out_shardings=(repl, repl),
-            donate_argnums=donate_argnums,
+            step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=donate_argnums
         )
     return jax.jit(
         lambda state, batch: step(state, batch),

@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from aspdc_jax.trees import flatten
+
 __all__ = ["MetricsWriter", "image_grid"]
 
 
@@ -86,7 +88,7 @@ class MetricsWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            for key, value in _flat(record).items():
+            for key, value in flatten(record).items():
                 if key in ("phase", "step", "event", "time"):
                     continue
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -106,17 +108,6 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts (e.g. ``per_band``) as ``"per_band/mild/psnr_gain"`` keys."""
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:

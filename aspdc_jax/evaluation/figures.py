@@ -69,7 +69,7 @@ def comparison(blurred: np.ndarray, output: np.ndarray, sharp: np.ndarray | None
 
     All inputs uint8 (H, W, 3); ``sharp`` may be None (no PSNR, two panels). Returns uint8.
     """
-    from aspdc_jax.metrics import psnr  # noqa: PLC0415
+    from aspdc_jax.evaluation.metrics import psnr  # noqa: PLC0415
 
     panels = [("blurred", blurred), ("deblurred", output)] + ([("sharp", sharp)] if sharp is not None else [])
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.checkpoint import save_export
+from aspdc_jax.weights import save_export
 from aspdc_jax.models import model_config_dict, model_from_config
 
 TINY_MODEL = {"deblur_width": 4, "reblur_width": 4, "num_groups": 1}

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SSIM_VARIANTS", "psnr", "ssim", "mean_abs_diff_stats"]
+__all__ = ["SSIM_VARIANTS", "mean_abs_diff_stats", "psnr", "psnr_from_mse", "psnr_numpy", "ssim"]
 
 SSIM_VARIANTS = ("gaussian", "official")
 SsimVariant = Literal["gaussian", "official"]
@@ -67,6 +67,19 @@ def _psnr(a: jax.Array, b: jax.Array, quantize: bool) -> jax.Array:
         b = jnp.round(jnp.clip(b, 0.0, 1.0) * 255.0) / 255.0
     mse = jnp.mean(jnp.square(a - b), axis=(-3, -2, -1))
     return 10.0 * jnp.log10(1.0 / mse)
+
+
+def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
+    """``10 log10(peak^2 / mse)`` in dB, ``inf`` for ``mse == 0``: the host-side PSNR formula
+    (`psnr_numpy`, RealBlur's masked PSNR)."""
+    return float("inf") if mse == 0 else float(10.0 * np.log10(peak * peak / mse))
+
+
+def psnr_numpy(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """PSNR of two same-shape images on the host, in float64 (``peak`` 1 for [0, 1] images,
+    255 for uint8); ``inf`` for identical images."""
+    err = float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+    return psnr_from_mse(err, peak)
 
 
 def psnr(a: jax.Array, b: jax.Array, *, quantize: bool = False) -> jax.Array:

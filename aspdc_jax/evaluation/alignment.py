@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from aspdc_jax.evaluation.metrics import psnr_from_mse
+
 __all__ = ["ecc_homography", "realblur_scores", "warp_image"]
 
 _GRAY = np.array([0.299, 0.587, 0.114])  # cv2.COLOR_RGB2GRAY weights
@@ -122,7 +124,7 @@ def realblur_scores(prediction: np.ndarray, truth: np.ndarray, iterations: int =
     cr = np.repeat(mask[..., None], 3, axis=-1)
     zr, xr = zr * cr, x * cr
     mse = np.sum((xr - zr) ** 2) / np.sum(cr)
-    psnr = float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
+    psnr = psnr_from_mse(mse)
     _, ssim_map = structural_similarity(
         xr, zr, channel_axis=-1, gaussian_weights=True, use_sample_covariance=False,
         data_range=1.0, full=True,

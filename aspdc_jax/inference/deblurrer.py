@@ -43,8 +43,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from aspdc_jax.images import to_model
+from aspdc_jax.models.config import compute_dtype as dtype_named
+from aspdc_jax.weights import load_for_inference
 
 __all__ = [
     "LOW_MEMORY_CPU_FLAG",
@@ -58,7 +61,6 @@ __all__ = [
 
 PyTree = Any
 Bucket = int | str
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 #: XLA's CPU compiler schedules for concurrency by default, which keeps the sampled tensors
@@ -67,32 +69,19 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LOW_MEMORY_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def use_low_memory_cpu_scheduler(warn: bool = True) -> bool:
+def use_low_memory_cpu_scheduler() -> bool:
     """Selects XLA's memory-minimising CPU scheduler (about half the peak memory of a
-    DeblurNet forward on CPU, same speed within noise on 2 cores).
+    DeblurNet forward on CPU, same speed within noise on 2 cores) by adding
+    `LOW_MEMORY_CPU_FLAG` to ``XLA_FLAGS``.
 
-    Must run before JAX's backend starts (before the first computation); the command-line
-    tools call it first thing. Returns True if the flag is (now) in ``XLA_FLAGS``, False
-    (with a warning) if the backend had already started, so it cannot take effect.
+    XLA reads the flag when its backend starts, so this must run before the first JAX
+    computation (the command-line tools call it first thing); later it has no effect.
+    Returns True if the flag is (now) in ``XLA_FLAGS``, False if the user chose the other
+    scheduler there.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
         return LOW_MEMORY_CPU_FLAG in flags
-    try:
-        from jax._src import xla_bridge  # noqa: PLC0415
-
-        started = bool(getattr(xla_bridge, "_backends", {}))
-    except ImportError:  # pragma: no cover - private API moved
-        started = False
-    if started:
-        if not warn:
-            return False
-        warnings.warn(
-            "use_low_memory_cpu_scheduler(): the XLA backend has already started; set "
-            f"XLA_FLAGS={LOW_MEMORY_CPU_FLAG} before the first JAX computation instead",
-            stacklevel=2,
-        )
-        return False
     os.environ["XLA_FLAGS"] = f"{flags} {LOW_MEMORY_CPU_FLAG}".strip()
     return True
 
@@ -230,12 +219,10 @@ class Deblurrer:
         overlap: int = 64,
         batch_size: int = 1,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        compute_dtype = dtype_named(dtype)
         bucket_size(64, bucket, multiple)  # validates the policy
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        compute_dtype = _DTYPES[dtype]
         if hasattr(module, "dtype") and hasattr(module, "clone"):
             module = module.clone(dtype=compute_dtype)
         if compute_dtype != jnp.float32:
@@ -266,7 +253,7 @@ class Deblurrer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_loaded(cls, loaded: Any, **kwargs: Any) -> Deblurrer:
-        """From :class:`aspdc_jax.checkpoint.LoadedModels`."""
+        """From :class:`aspdc_jax.weights.LoadedModels`."""
         return cls(loaded.deblur, loaded.deblur_params, **kwargs)
 
     # ------------------------------------------------------------------ introspection
@@ -418,8 +405,6 @@ class Deblurrer:
                 groups.setdefault(self.bucket_shape(h, w), []).append(i)
         bar = None
         if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
             bar = tqdm(total=len(images), unit="img", desc="deblur")
         for (hb, wb), idx in groups.items():
             step = self.batch_size
@@ -442,9 +427,7 @@ def load(ckpt_dir: str | Path, **kwargs: Any) -> Deblurrer:
     """Loads a :class:`Deblurrer` from an export or a ``train.py`` workdir / phase folder.
 
     Keyword arguments go to :class:`Deblurrer` (``bucket``, ``dtype``, ``tile``, ...).
-    Raises :class:`aspdc_jax.checkpoint.CheckpointError` for a folder without a checkpoint.
+    Raises :class:`aspdc_jax.weights.CheckpointError` for a folder without a checkpoint.
     """
-    from aspdc_jax.checkpoint import load_for_inference  # noqa: PLC0415
-
     return Deblurrer.from_loaded(load_for_inference(ckpt_dir), **kwargs)
 

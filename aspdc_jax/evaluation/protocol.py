@@ -11,7 +11,7 @@
   ``align`` the RealBlur-protocol ``psnr_aligned`` / ``ssim_aligned``;
 * ``images/`` (``save_images``), ``figures/`` (``figures``).
 
-Protocols (see :mod:`aspdc_jax.metrics`): scores are per image on [0, 1] RGB and averaged
+Protocols (see :mod:`aspdc_jax.evaluation.metrics`): scores are per image on [0, 1] RGB and averaged
 over images. ``psnr`` / ``ssim`` / ``ssim_official`` use the network output before uint8
 quantisation (clipped to [0, 1]); ``psnr_uint8`` scores the saved uint8 image. Images are
 reflect-padded to a multiple of 4 and cropped back (``bucket="exact"``), i.e. scored at
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax import figures, metrics
+from aspdc_jax.evaluation import figures, metrics
 from aspdc_jax.images import to_model, to_unit
 from aspdc_jax.inference import Bucket, Deblurrer, bucket_size, pad_to
 
@@ -242,7 +242,7 @@ def _timing_table(t: dict[str, Any]) -> str:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Runs the evaluation described by ``cfg``; returns what ``metrics.json`` holds."""
-    from aspdc_jax.checkpoint import load_for_inference  # noqa: PLC0415
+    from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
     from aspdc_jax.data import eval_pairs  # noqa: PLC0415
 
     if cfg.dataset not in DATASETS:
@@ -307,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         base = _scores(blurred, sharp)
         row.update({f"{k}_blurred": v for k, v in base.items()})
         if cfg.align:
-            from aspdc_jax.alignment import realblur_scores  # noqa: PLC0415
+            from aspdc_jax.evaluation.alignment import realblur_scores  # noqa: PLC0415
 
             aligned = realblur_scores(pred, sharp, iterations=cfg.align_iterations)
             row["psnr_aligned"], row["ssim_aligned"] = aligned["psnr"], aligned["ssim"]

@@ -1,4 +1,4 @@
-"""A tiny evaluation run after each phase: mean PSNR on held-out test pairs.
+"""The validation run during and after each phase: mean PSNR on held-out test pairs.
 
 For deblur / finetune: PSNR(D(b), s) against PSNR(b, s) (the blurred input), both on
 [0, 1] RGB (peak 1), per image, averaged. For reblur: PSNR(R(b, s), b). The full
@@ -13,15 +13,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from aspdc_jax.evaluation.metrics import psnr_numpy as psnr
 from aspdc_jax.images import to_model
 
-__all__ = ["pad_to_multiple", "psnr", "evaluate_pairs"]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two images in [0, 1] (peak 1); inf for identical images."""
-    err = float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-    return float("inf") if err == 0 else 10.0 * float(np.log10(1.0 / err))
+__all__ = ["evaluate_pairs", "pad_to_multiple"]
 
 
 def pad_to_multiple(x: jnp.ndarray, multiple: int) -> tuple[jnp.ndarray, tuple[int, int]]:
@@ -38,18 +33,19 @@ def _unit(x: Any) -> np.ndarray:
 
 
 def evaluate_pairs(
-    phase: str,
+    scores: str,
     pairs: Iterable[Any],
     *,
     params: Any,
     eval_fns: dict[str, Callable[..., Any]],
 ) -> dict[str, float]:
-    """Mean PSNRs of ``phase``'s network over ``pairs`` (EvalPair-like: ``.blurred`` and
+    """Mean PSNRs of the network ``scores`` names (``"deblur"`` or ``"reblur"``, a phase's
+    ``evaluates``) over ``pairs`` (EvalPair-like: ``.blurred`` and
     ``.sharp`` uint8 HxWx3; pairs without ``sharp`` are skipped).
 
     Returns ``{"psnr_output", "psnr_input", "psnr_gain", "num_pairs"}`` (plus ``per_band``:
     the same keys per ``pair.meta["band"]``, for the synthetic test's strength bands) where for
-    deblur/finetune output = D(b) vs sharp and input = b vs sharp; for reblur output =
+    "deblur" output = D(b) vs sharp and input = b vs sharp; for "reblur" output =
     R(b, s) vs b and input = s vs b.
     """
     out_psnrs, in_psnrs, bands = [], [], []
@@ -60,7 +56,7 @@ def evaluate_pairs(
         sharp = to_model(np.asarray(pair.sharp)[None])
         bp, (h, w) = pad_to_multiple(blurred, 8)
         sp, _ = pad_to_multiple(sharp, 8)
-        if phase == "reblur":
+        if scores == "reblur":
             pred = eval_fns["reblur"](params, bp, sp)[:, :h, :w]
             target, baseline = blurred, sharp
         else:

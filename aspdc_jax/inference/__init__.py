@@ -1,0 +1,31 @@
+"""Inference: the jit-compiled batch deblurrer (`Deblurrer`, `load`) and the deblur CLI.
+
+    from aspdc_jax import inference
+    deblurrer = inference.load("weights/demo")     # export or train.py workdir
+    sharp = deblurrer.deblur(blurred_u8)           # uint8 HxWx3 -> uint8 HxWx3
+
+Modules: :mod:`.deblurrer` (buckets, padding, tiling, the compiled forward) and
+:mod:`.cli` (``python -m aspdc_jax.deblur``: folders of photos in, PNGs out).
+"""
+
+from aspdc_jax.inference.deblurrer import (
+    LOW_MEMORY_CPU_FLAG,
+    Bucket,
+    Deblurrer,
+    bucket_size,
+    load,
+    pad_to,
+    tile_starts,
+    use_low_memory_cpu_scheduler,
+)
+
+__all__ = [
+    "LOW_MEMORY_CPU_FLAG",
+    "Bucket",
+    "Deblurrer",
+    "bucket_size",
+    "load",
+    "pad_to",
+    "tile_starts",
+    "use_low_memory_cpu_scheduler",
+]
