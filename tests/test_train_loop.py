@@ -351,7 +351,7 @@ def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     train_and_evaluate(c, workdir, loader_factory=fake_loader_factory, eval_pairs_fn=None)
     out = capsys.readouterr().out
     assert "[finetune] finished earlier" in out
-    assert "fine-tuned from deblur step 6, but" in out and "is now at step 8" in out
+    assert "[finetune] note: started from deblur step 6, but" in out and "is now at step 8" in out
 
 
 @pytest.mark.parametrize("field, value, message", [
