@@ -20,7 +20,6 @@ scoring: --align. Images are scored at their native size (reflect-padded to a mu
 
 from __future__ import annotations
 
-
 from absl import app, flags, logging
 
 from aspdc_jax import cli, inference
@@ -31,7 +30,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("ckpt", None, "Export folder or train.py workdir / phase folder.", required=True)
 flags.DEFINE_enum("dataset", "gopro", list(evaluation.DATASETS), "Dataset to score on.")
 flags.DEFINE_string(
-    "data_dir", None,
+    "data_dir",
+    None,
     "Folder holding the dataset (e.g. the parent of GOPRO_Large, or the paired folder). "
     "synthetic: optional folder of photos (default: the bundled photos).",
 )
@@ -42,23 +42,27 @@ flags.DEFINE_integer("limit", None, "Score only the first N images (0: none, e.g
 flags.DEFINE_enum("gopro_variant", "blur", ["blur", "blur_gamma"], "GoPro blurred-image variant.")
 flags.DEFINE_bool("save_images", False, "Write the deblurred PNGs to OUT/images/.")
 flags.DEFINE_bool(
-    "compare", False,
+    "compare",
+    False,
     "Write OUT/compare/<name>.png per image: blurred | deblurred | sharp, each titled with its "
     "PSNR, and a 2x zoom of the window where the output changed most.",
 )
 flags.DEFINE_bool(
-    "reblur", False,
+    "reblur",
+    False,
     "Also score the reblurring network (paper Table 4): ReblurNet(blurred, sharp) against the "
     "blurred input: PSNR, SSIM, mean and variance of |I_r - I_b|.",
 )
 flags.DEFINE_bool(
-    "figures", False,
+    "figures",
+    False,
     "Write OUT/figures/: the last ASPDC module's attention maps (Fig. 8), its offset fields as "
     "flow-colour images, and with --reblur the difference maps (Fig. 7).",
 )
 flags.DEFINE_integer("num_figures", 4, "How many images get figures.")
 flags.DEFINE_bool(
-    "timing", False,
+    "timing",
+    False,
     "Paper Table 3: mean seconds per 1280x720 image after compilation and peak memory "
     "(device memory on GPU, process RSS on CPU), with the device name.",
 )
@@ -71,7 +75,8 @@ flags.DEFINE_integer("overlap", 64, "Tile overlap in pixels.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (bfloat16: GPU/TPU).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_bool(
-    "low_memory_schedule", True,
+    "low_memory_schedule",
+    True,
     "Use XLA's memory-minimising CPU scheduler (about half the peak memory of the default "
     "concurrency-optimised one; no effect on GPU).",
 )
@@ -88,13 +93,28 @@ def main(argv: list[str]) -> None:
     with cli.reporting_user_errors(CheckpointError, traceback=FLAGS.verbosity > 0):
         bucket = int(FLAGS.bucket) if FLAGS.bucket.isdigit() else FLAGS.bucket
         cfg = evaluation.EvalConfig(
-            ckpt=FLAGS.ckpt, out=FLAGS.out, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            tfds_dir=FLAGS.tfds_dir, split=FLAGS.split, limit=FLAGS.limit,
-            gopro_variant=FLAGS.gopro_variant, save_images=FLAGS.save_images, reblur=FLAGS.reblur,
-            figures=FLAGS.figures, num_figures=FLAGS.num_figures, timing=FLAGS.timing,
-            timing_repeats=FLAGS.timing_repeats, align=FLAGS.align,
-            align_iterations=FLAGS.align_iterations, bucket=bucket, tile=FLAGS.tile,
-            overlap=FLAGS.overlap, dtype=FLAGS.dtype, progress=FLAGS.progress, compare=FLAGS.compare,
+            ckpt=FLAGS.ckpt,
+            out=FLAGS.out,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            tfds_dir=FLAGS.tfds_dir,
+            split=FLAGS.split,
+            limit=FLAGS.limit,
+            gopro_variant=FLAGS.gopro_variant,
+            save_images=FLAGS.save_images,
+            reblur=FLAGS.reblur,
+            figures=FLAGS.figures,
+            num_figures=FLAGS.num_figures,
+            timing=FLAGS.timing,
+            timing_repeats=FLAGS.timing_repeats,
+            align=FLAGS.align,
+            align_iterations=FLAGS.align_iterations,
+            bucket=bucket,
+            tile=FLAGS.tile,
+            overlap=FLAGS.overlap,
+            dtype=FLAGS.dtype,
+            progress=FLAGS.progress,
+            compare=FLAGS.compare,
         )
         result = evaluation.evaluate(cfg)
     print(evaluation.format_table(result))

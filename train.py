@@ -16,13 +16,17 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides
+from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides, reporting_user_errors
+from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
+from aspdc_jax.training.sharding import maybe_initialize_distributed
+from aspdc_jax.weights import CheckpointError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl and TensorBoard.")
 with reporting_bad_overrides(sys.argv):  # ml_collections applies the overrides right here
     config_flags.DEFINE_config_file(
-        "config", str(Path(__file__).resolve().parent / "configs" / "default.py"),
+        "config",
+        str(Path(__file__).resolve().parent / "configs" / "default.py"),
         "Training config (a configs/*.py file); override any field with --config.<field>=<value>.",
         lock_config=True,
     )
@@ -32,16 +36,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Before any other JAX call: joins the other hosts when a multi-host env is set.
-    from aspdc_jax.training.sharding import maybe_initialize_distributed
-
+    # Before any JAX computation: joins the other hosts when a multi-host env is set.
     maybe_initialize_distributed()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    from aspdc_jax.weights import CheckpointError
-    from aspdc_jax.cli import reporting_user_errors
-    from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
-
     # A bad config value, data folder or checkpoint ends in one line (exit 2).
     try:
         with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=FLAGS.verbosity > 0):

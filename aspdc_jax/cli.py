@@ -72,7 +72,9 @@ class FlagParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_argument(
-            "--verbosity", type=int, default=0,
+            "--verbosity",
+            type=int,
+            default=0,
             help="1: show the traceback behind an 'error:' line (default 0: the line only)",
         )
 
@@ -125,7 +127,7 @@ def reporting_bad_overrides(argv: Sequence[str]) -> Iterator[None]:
         hint = re.search(r'Did you mean "(\w+)"', text)
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         _exit_usage(
-            f"a --config override names no config field"
+            "a --config override names no config field"
             + (f' "{name.group(1)}"' if name else "")
             + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
             + f"; overrides given: {', '.join(overrides) or 'none'}. The fields are listed in "

@@ -77,10 +77,9 @@ import argparse
 import collections
 import io
 import pickle
-import sys
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +178,7 @@ def _rebuild_tensor_v2(
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= storage.size:
         raise UnsafeCheckpointError(
-            f"tensor size={size} stride={stride} offset={offset} reads past its storage "
-            f"of {storage.size} elements"
+            f"tensor size={size} stride={stride} offset={offset} reads past its storage of {storage.size} elements"
         )
     item = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
@@ -236,7 +234,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raw = self._archive.read(member)
             except KeyError:
                 raise ConversionError(f"checkpoint is missing the storage {member}") from None
-            dtype = storage_type.dtype.newbyteorder(self._byteorder) if storage_type.dtype.itemsize > 1 else storage_type.dtype
+            dtype = (
+                storage_type.dtype.newbyteorder(self._byteorder)
+                if storage_type.dtype.itemsize > 1
+                else storage_type.dtype
+            )
             if len(raw) % dtype.itemsize:
                 raise ConversionError(f"storage {member} has {len(raw)} bytes, not a multiple of {dtype}")
             array = np.frombuffer(raw, dtype=dtype).astype(storage_type.dtype.newbyteorder("="))
@@ -557,7 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--deblur", required=True, type=Path, help="DeblurringNet_FT.pth or _NF.pth")
     parser.add_argument("--reblur", type=Path, default=None, help="ReBlurringNet.pth (optional)")
-    parser.add_argument("--out", required=True, type=Path, help="export folder to write (new, empty, or an earlier export)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="export folder to write (new, empty, or an earlier export)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     args = parser.parse_args(argv)
     return returning_user_errors(
@@ -591,7 +595,7 @@ def _run(args: argparse.Namespace) -> int:
         deblur_params=deblur_params,
         reblur_params=reblur_params,
     )
-    count = lambda tree: sum(int(np.size(a)) for a in flatten(tree).values())  # noqa: E731
+    count = lambda tree: sum(int(np.size(a)) for a in flatten(tree).values())
     print(f"DeblurNet(width={deblur.width}): {count(deblur_params):,} parameters from {args.deblur}")
     if reblur is not None:
         print(f"ReblurNet(width={reblur.width}): {count(reblur_params):,} parameters from {args.reblur}")

@@ -36,9 +36,7 @@ __all__ = [
 ]
 
 #: File suffixes treated as images when a folder is searched (lower case).
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
-)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 
 
 def to_model(images: np.ndarray | jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
@@ -118,7 +116,7 @@ def _decode_safely(open_image: Callable[[], Image.Image], what: object) -> Loade
 
 def _decode(im: Image.Image, path: object) -> LoadedImage:
     notes: list[str] = []
-    rawmodes = [str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in (im.tile or [])]
+    rawmodes = [str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in (getattr(im, "tile", None) or [])]
     im.load()  # decode now, so truncation is detected here
     if im.mode in ("RGB", "RGBA") and any(";16" in r for r in rawmodes):
         notes.append(f"16-bit {im.mode} reduced to 8 bit by Pillow (high byte)")
@@ -126,8 +124,9 @@ def _decode(im: Image.Image, path: object) -> LoadedImage:
         im = ImageOps.exif_transpose(im)
         notes.append("EXIF orientation applied")
     mode = im.mode
-    if getattr(im, "n_frames", 1) > 1:
-        notes.append(f"first of {im.n_frames} frames used")
+    frames = int(getattr(im, "n_frames", 1))
+    if frames > 1:
+        notes.append(f"first of {frames} frames used")
     alpha = None
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         gray = _gray16_to_uint8(np.asarray(im), mode, path)

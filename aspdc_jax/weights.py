@@ -158,8 +158,7 @@ def load_export(directory: str | Path) -> LoadedModels:
     directory = Path(directory).expanduser().absolute()
     if not is_export(directory):
         raise CheckpointError(
-            f"{directory} is not an aspdc-jax export: expected {MODEL_CONFIG_FILE} and "
-            f"{PARAMS_DIR}/ inside it"
+            f"{directory} is not an aspdc-jax export: expected {MODEL_CONFIG_FILE} and {PARAMS_DIR}/ inside it"
         )
     verify_manifest(directory)
     model_config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
@@ -236,13 +235,17 @@ class PhaseFolder:
     def all_steps(self) -> list[int]:
         return [] if self._mngr is None else list(self._mngr.all_steps())
 
-    def meta(self, step: int | None = None) -> dict[str, Any] | None:
-        """The ``meta`` item of ``step`` (default: the latest), with ``network``,
-        ``frozen_network`` and ``phase_index`` filled in for older checkpoints."""
-        step = self.latest_step() if step is None else step
-        if step is None or self._mngr is None:
-            return None
-        meta = dict(self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """The Orbax manager; CheckpointError when the folder does not exist."""
+        if self._mngr is None:
+            raise CheckpointError(f"checkpoint folder {self.directory} does not exist")
+        return self._mngr
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The ``meta`` item of ``step``, with ``network``, ``frozen_network`` and
+        ``phase_index`` filled in for older checkpoints."""
+        meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
         legacy = _LEGACY_PHASES.get(str(meta.get("phase")), ("deblur", None, 0))
         meta.setdefault("network", legacy[0])
         meta.setdefault("frozen_network", legacy[1])
@@ -256,14 +259,13 @@ class PhaseFolder:
             return None
         try:
             restored = self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        except Exception:  # noqa: BLE001 (an older or hand-made checkpoint without the item)
+        except Exception:
             return None
         return restored["config"]
 
     def restore_numpy(self, step: int, item: str) -> PyTree:
         """One array item of ``step`` (``params`` or ``frozen``) as numpy arrays."""
-        assert self._mngr is not None
-        tree = self._mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(None)}))[item]
+        tree = self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(None)}))[item]
         return _to_numpy(tree)
 
 

@@ -12,14 +12,12 @@ each) plus the full table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import tempfile
 import time
 
 import ml_collections
-import numpy as np
 from PIL import Image, ImageFilter
 
 
@@ -58,7 +56,7 @@ def time_loader(cfg: ml_collections.ConfigDict, batch_size: int, batches: int) -
 
 
 def main() -> None:
-    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+    from aspdc_jax.cli import FlagParser
 
     parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=8, help="1280x720 training pairs in the fake store")
@@ -81,15 +79,22 @@ def main() -> None:
         from aspdc_jax.data import pipeline
 
         base = dict(
-            data_dir=str(tmp / "raw"), tfds_dir=str(tmp / "tfds"), crop_size=args.crop, gopro_variant="blur",
-            epoch_size=10_000, augment=True, read_threads=2,
+            data_dir=str(tmp / "raw"),
+            tfds_dir=str(tmp / "tfds"),
+            crop_size=args.crop,
+            gopro_variant="blur",
+            epoch_size=10_000,
+            augment=True,
+            read_threads=2,
         )
         store_cfg = ml_collections.ConfigDict(dict(base, dataset="gopro", num_workers=0))
         pipeline.store_for(store_cfg, split="train")  # the store the loader reads
         print(f"fake GoPro store: {args.pairs} pairs of 1280x720 prepared in {time.perf_counter() - t0:.1f} s")
         for source in ("store", "synthetic"):
             for w in workers:
-                cfg = ml_collections.ConfigDict(dict(base, dataset="gopro" if source == "store" else "synthetic", num_workers=w))
+                cfg = ml_collections.ConfigDict(
+                    dict(base, dataset="gopro" if source == "store" else "synthetic", num_workers=w)
+                )
                 if source == "synthetic":
                     cfg.data_dir = None
                 rate, cpu_ms = time_loader(cfg, args.batch_size, args.batches)
@@ -97,12 +102,17 @@ def main() -> None:
                 note = f"  ({cpu_ms:.1f} CPU ms per pair)" if w == 0 else ""
                 print(f"{source:10s} workers={w}  {rate:7.1f} crop pairs/s ({args.crop}x{args.crop}){note}")
     best = {s: max(r["pairs_per_s"] for r in rows if r["source"] == s) for s in ("store", "synthetic")}
-    print(f"\n| source    | best pairs/s |\n|-----------|--------------|")
+    print("\n| source    | best pairs/s |\n|-----------|--------------|")
     for s, v in best.items():
         print(f"| {s:9s} | {v:12.1f} |")
     if args.json:
-        out = {"pairs_per_s_store": best["store"], "pairs_per_s_synthetic": best["synthetic"], "rows": rows,
-               "crop": args.crop, "batch_size": args.batch_size}
+        out = {
+            "pairs_per_s_store": best["store"],
+            "pairs_per_s_synthetic": best["synthetic"],
+            "rows": rows,
+            "crop": args.crop,
+            "batch_size": args.batch_size,
+        }
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def _peak_gib() -> float | None:
-    import jax  # noqa: PLC0415
+    import jax
 
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
@@ -45,18 +45,18 @@ def _peak_gib() -> float | None:
 
 
 def _photo_720p():
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
+    import numpy as np
+    from PIL import Image
 
-    from aspdc_jax.data.synthetic import builtin_photos  # noqa: PLC0415
+    from aspdc_jax.data.synthetic import builtin_photos
 
     _, photo = builtin_photos("train")[0]
     return np.asarray(Image.fromarray(photo).resize((1280, 720), Image.BICUBIC))
 
 
 def worker_matmul(args) -> dict:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
 
     n = args.matmul_size
     out = {"matmul_size": n}
@@ -79,12 +79,12 @@ def worker_matmul(args) -> dict:
 
 
 def worker_forward(args) -> dict:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from bench_inference import _model, count_flops
 
-    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415
-    from bench_inference import _model, count_flops  # noqa: PLC0415
+    from aspdc_jax.inference import Deblurrer
 
     module, params = _model(None)
     x = jax.ShapeDtypeStruct((1, 720, 1280, 3), jnp.float32)
@@ -112,7 +112,7 @@ def worker_forward(args) -> dict:
 
 
 def worker_train(args) -> dict:
-    from bench_train import measure_steps  # noqa: PLC0415
+    from bench_train import measure_steps
 
     r = measure_steps(6, 256, (32, 16, 6), steps=args.repeats, dtype=args.dtype)
     return {
@@ -128,15 +128,15 @@ def worker_train(args) -> dict:
 
 
 def worker_fixture(args) -> dict:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    from aspdc_jax.convert import deblur_from_official  # noqa: PLC0415
+    from aspdc_jax.convert import deblur_from_official
 
     with np.load(ROOT / "tests" / "fixtures" / "official_nets.npz") as data:
         official = {k: data[k] for k in data.files}
-    sd = {k[len("deblur/"):]: v for k, v in official.items() if k.startswith("deblur/")}
+    sd = {k[len("deblur/") :]: v for k, v in official.items() if k.startswith("deblur/")}
     net, params = deblur_from_official(sd)
     blurry = official["input/blurry"].transpose(0, 2, 3, 1)
     expected = official["output/deblurred"].transpose(0, 2, 3, 1)
@@ -158,8 +158,19 @@ WORKERS = {"matmul": worker_matmul, "forward": worker_forward, "train": worker_t
 
 
 def _run(name: str, args, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(HERE), "--worker", name, "--repeats", str(args.repeats),
-           "--batch", str(args.batch), "--matmul_size", str(args.matmul_size), *extra]
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        name,
+        "--repeats",
+        str(args.repeats),
+        "--batch",
+        str(args.batch),
+        "--matmul_size",
+        str(args.matmul_size),
+        *extra,
+    ]
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -176,23 +187,25 @@ def _run(name: str, args, extra: list[str]) -> dict:
 
 
 def _psnr(a, b) -> float:
-    from aspdc_jax.evaluation.metrics import psnr_numpy  # noqa: PLC0415 (after the device setup)
+    from aspdc_jax.evaluation.metrics import psnr_numpy
 
     return psnr_numpy(a, b, peak=255.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+    from aspdc_jax.cli import FlagParser
 
-    parser = FlagParser(description=__doc__.split("\n\n")[0],
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after compiling")
     parser.add_argument("--batch", type=int, default=4, help="second forward batch size at 720p")
     parser.add_argument("--matmul_size", type=int, default=8192)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per measurement")
-    parser.add_argument("--only", default="matmul,forward,train,fixture",
-                        help="comma-separated subset of matmul, forward, train, fixture (default: all)")
+    parser.add_argument(
+        "--only",
+        default="matmul,forward,train,fixture",
+        help="comma-separated subset of matmul, forward, train, fixture (default: all)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
@@ -206,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only: unknown measurement(s) {sorted(unknown)}; choose from {sorted(WORKERS)}")
 
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import numpy as np
 
     device = jax.devices()[0]
     results: dict = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__}
@@ -220,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         results["matmul"] = _run("matmul", args, [])
     if "forward" in only:
         for dtype in ("float32", "bfloat16"):
-            results[f"forward_{dtype}"] = _run("forward", args, ["--dtype", dtype, "--save", str(tmp / f"y_{dtype}.npy")])
+            results[f"forward_{dtype}"] = _run(
+                "forward", args, ["--dtype", dtype, "--save", str(tmp / f"y_{dtype}.npy")]
+            )
         try:
             results["bf16_vs_f32_psnr_db"] = _psnr(np.load(tmp / "y_float32.npy"), np.load(tmp / "y_bfloat16.npy"))
         except OSError:

@@ -43,7 +43,7 @@ def _peak_rss_gib() -> float:
 
 def count_flops(jaxpr) -> float:
     """2 x MACs of conv_general_dilated and dot_general in a (closed) jaxpr, recursively."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     total = 0.0
     for eqn in jaxpr.eqns:
@@ -70,16 +70,16 @@ def count_flops(jaxpr) -> float:
 
 
 def _model(ckpt: str | None):
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
     if ckpt:
-        from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
+        from aspdc_jax.weights import load_for_inference
 
         loaded = load_for_inference(ckpt)
         return loaded.deblur, loaded.deblur_params
-    from aspdc_jax.models import DeblurNet  # noqa: PLC0415
+    from aspdc_jax.models import DeblurNet
 
     module = DeblurNet()
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
@@ -97,8 +97,8 @@ def _model(ckpt: str | None):
 
 
 def worker_matmul(args) -> dict:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
 
     n = args.matmul_size
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -114,11 +114,11 @@ def worker_matmul(args) -> dict:
 
 
 def worker_forward(args) -> dict:
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415
+    from aspdc_jax.inference import Deblurrer
 
     module, params = _model(args.ckpt)
     h, w = 720, 1280
@@ -151,9 +151,9 @@ def worker_forward(args) -> dict:
 
 
 def worker_tiled(args) -> dict:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415
+    from aspdc_jax.inference import Deblurrer
 
     module, params = _model(args.ckpt)
     deblurrer = Deblurrer(module, params, tile=args.tile, overlap=args.overlap, dtype=args.dtype)
@@ -163,8 +163,12 @@ def worker_tiled(args) -> dict:
     out = deblurrer.deblur(image)
     seconds = time.perf_counter() - start
     assert out.shape == image.shape and out.dtype == np.uint8
-    return {"seconds_tiled_12mp": seconds, "tile": args.tile, "overlap": args.overlap,
-            "compilations_tiled": deblurrer.num_compilations}
+    return {
+        "seconds_tiled_12mp": seconds,
+        "tile": args.tile,
+        "overlap": args.overlap,
+        "compilations_tiled": deblurrer.num_compilations,
+    }
 
 
 WORKERS = {"matmul": worker_matmul, "forward_720p": worker_forward, "tiled_12mp": worker_tiled}
@@ -185,9 +189,24 @@ def _allocator_env(choice: str) -> tuple[dict, str]:
 
 
 def _run_worker(name: str, args, env: dict) -> dict:
-    cmd = [sys.executable, str(HERE), "--worker", name, "--tile", str(args.tile),
-           "--overlap", str(args.overlap), "--repeats", str(args.repeats), "--dtype", args.dtype,
-           "--matmul_size", str(args.matmul_size), "--matmul_repeats", str(args.matmul_repeats)]
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        name,
+        "--tile",
+        str(args.tile),
+        "--overlap",
+        str(args.overlap),
+        "--repeats",
+        str(args.repeats),
+        "--dtype",
+        args.dtype,
+        "--matmul_size",
+        str(args.matmul_size),
+        "--matmul_repeats",
+        str(args.matmul_repeats),
+    ]
     if args.ckpt:
         cmd += ["--ckpt", args.ckpt]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -198,14 +217,16 @@ def _run_worker(name: str, args, env: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aspdc_jax.cli import FlagParser  # noqa: PLC0415
+    from aspdc_jax.cli import FlagParser
 
     parser = FlagParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--ckpt", help="export / workdir to load (default: random full-width params)")
     parser.add_argument("--allocator", choices=("auto", "tcmalloc", "glibc"), default="auto")
     parser.add_argument(
-        "--cpu_scheduler", choices=("memory", "concurrency"), default="memory",
+        "--cpu_scheduler",
+        choices=("memory", "concurrency"),
+        default="memory",
         help="XLA CPU scheduler: memory-minimising (aspdc_jax.inference.LOW_MEMORY_CPU_FLAG, "
         "what the CLIs use) or XLA's default concurrency-optimised one",
     )
@@ -229,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.allocator == "glibc":
         env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if "tcmalloc" not in p)
     if args.cpu_scheduler == "memory":
-        from aspdc_jax.inference import LOW_MEMORY_CPU_FLAG  # noqa: PLC0415
+        from aspdc_jax.inference import LOW_MEMORY_CPU_FLAG
 
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {LOW_MEMORY_CPU_FLAG}".strip()
-    import jax  # noqa: PLC0415 (only for the device name)
+    import jax
 
     device = jax.devices()[0]
     info = {
@@ -258,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gib_720p": fw["peak_rss_gib"],
         "peak_rss_gib_tiled_12mp": None,
     }
-    details = {**info, **{k: v for k, v in mm.items() if k != "peak_rss_gib"},
-               **{k: v for k, v in fw.items() if k != "peak_rss_gib"}}
+    details = {
+        **info,
+        **{k: v for k, v in mm.items() if k != "peak_rss_gib"},
+        **{k: v for k, v in fw.items() if k != "peak_rss_gib"},
+    }
     if not args.skip_tiled:
         tl = _run_worker("tiled_12mp", args, env)
         results["peak_rss_gib_tiled_12mp"] = tl["peak_rss_gib"]
@@ -267,14 +291,18 @@ def main(argv: list[str] | None = None) -> int:
     results["details"] = details
 
     bars = {"utilization": (">=", 0.60), "peak_rss_gib_720p": ("<=", 2.1), "peak_rss_gib_tiled_12mp": ("<=", 4.0)}
-    print(f"device {info['device']}, {info['cpu_count']} cores, allocator: {allocator}, "
-          f"XLA CPU scheduler: {args.cpu_scheduler}, dtype {args.dtype}")
+    print(
+        f"device {info['device']}, {info['cpu_count']} cores, allocator: {allocator}, "
+        f"XLA CPU scheduler: {args.cpu_scheduler}, dtype {args.dtype}"
+    )
     print(f"f32 matmul {mm['matmul_size']}^3: {mm['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
     print(f"720p model: {fw['model_gflop_720p']:.1f} GFLOP, first call {fw['first_call_seconds_720p']:.1f} s")
     print(f"{'measure':<26}{'value':>12}  bar")
-    print(f"{'seconds_720p':<26}{results['seconds_720p']:>12.3f}  best of {args.repeats} "
-          f"(mean {fw['seconds_720p_mean']:.3f}"
-          + ("; official PyTorch, full width: 39.5 s)" if not args.ckpt else f"; model from {args.ckpt})"))
+    print(
+        f"{'seconds_720p':<26}{results['seconds_720p']:>12.3f}  best of {args.repeats} "
+        f"(mean {fw['seconds_720p_mean']:.3f}"
+        + ("; official PyTorch, full width: 39.5 s)" if not args.ckpt else f"; model from {args.ckpt})")
+    )
     for key, (op, bar) in bars.items():
         value = results[key]
         if value is None:
@@ -283,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = value >= bar if op == ">=" else value <= bar
         print(f"{key:<26}{value:>12.3f}  {op} {bar}  {'ok' if ok else 'MISSED'}")
     if results["peak_rss_gib_tiled_12mp"] is not None:
-        print(f"tiled 12MP: {details['seconds_tiled_12mp']:.1f} s (tile {args.tile}, overlap {args.overlap}, compilation included)")
+        print(
+            f"tiled 12MP: {details['seconds_tiled_12mp']:.1f} s (tile {args.tile}, overlap {args.overlap}, compilation included)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -13,7 +13,6 @@ Forward+backward means the gradients for inputs, offsets, mask and kernel.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -83,7 +82,7 @@ def bench_dynamic_filter(shape: tuple[int, int, int, int], repeats: int) -> dict
     x = jax.random.normal(jax.random.key(0), shape)
     logits = jax.random.normal(jax.random.key(1), (b, h, w, 9))
     fwd = jax.jit(dynamic_filter)
-    bwd = jax.jit(jax.grad(lambda x, l: jnp.sum(dynamic_filter(x, l) ** 2), argnums=(0, 1)))
+    bwd = jax.jit(jax.grad(lambda x, logit: jnp.sum(dynamic_filter(x, logit) ** 2), argnums=(0, 1)))
     return {
         "fwd_ms": median_ms(lambda: fwd(x, logits), repeats),
         "fwdbwd_ms": median_ms(lambda: bwd(x, logits), repeats),

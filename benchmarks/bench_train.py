@@ -22,7 +22,6 @@ same deblur step time. ``--cpu_scheduler concurrency`` keeps XLA's default.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,23 +36,24 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aspdc_jax.cli import FlagParser  # noqa: E402
-from aspdc_jax.inference import use_low_memory_cpu_scheduler  # noqa: E402
-from aspdc_jax.models import model_from_config  # noqa: E402
-from aspdc_jax.training import (  # noqa: E402
+from bench_inference import _peak_rss_gib
+
+from aspdc_jax.cli import FlagParser
+from aspdc_jax.inference import use_low_memory_cpu_scheduler
+from aspdc_jax.models import model_from_config
+from aspdc_jax.training import (
     TrainState,
     init_params,
     make_mesh,
     make_train_step,
     mse,
 )
-from aspdc_jax.training.sharding import replicate  # noqa: E402
-from aspdc_jax.training.loop import compute_modules  # noqa: E402
-from bench_inference import _peak_rss_gib  # noqa: E402
+from aspdc_jax.training.loop import compute_modules
+from aspdc_jax.training.sharding import replicate
 
 
 def allocator() -> str:
-    """"tcmalloc" when libtcmalloc is mapped into this process, else "glibc"."""
+    """ "tcmalloc" when libtcmalloc is mapped into this process, else "glibc"."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -93,15 +93,11 @@ def time_step(step, state, batch, extra, steps: int) -> tuple[float, object, lis
     return float(np.median(times)), state, times
 
 
-def measure_steps(
-    batch_size: int, size: int, widths: tuple[int, int, int], steps: int, dtype: str = "float32"
-) -> dict:
+def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], steps: int, dtype: str = "float32") -> dict:
     """Compiles and times the full deblur and finetune steps (MSE; ``dtype`` is the compute
     dtype, as ``config.compute_dtype``) at ``batch_size x size x size``; returns per-phase
     ``step_s``/``compile_s``/``xla_flops`` and the model FLOPs (3 x the DeblurNet forward)."""
-    deblur, reblur = model_from_config(
-        dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2])
-    )
+    deblur, reblur = model_from_config(dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2]))
     deblur, reblur = compute_modules({"compute_dtype": dtype}, deblur, reblur)
     mesh = make_mesh()
     rng = jax.random.key(0)
@@ -119,15 +115,15 @@ def measure_steps(
     results: dict = {"forward_flops": forward_flops, "model_flops": 3.0 * forward_flops}
     for phase in ("deblur", "finetune"):
         state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
-        step = make_train_step(phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh,
-                               phase_config={"reblur_weight": 0.1})
+        step = make_train_step(
+            phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh, phase_config={"reblur_weight": 0.1}
+        )
         extra = (rparams,) if phase == "finetune" else ()
         t = time.perf_counter()
         compiled = step.lower(state, batch, *extra).compile()
         compile_s = time.perf_counter() - t
         step_s, state, times = time_step(step, state, batch, extra, steps)
-        results[phase] = {"step_s": step_s, "step_times": times, "compile_s": compile_s,
-                          "xla_flops": _flops(compiled)}
+        results[phase] = {"step_s": step_s, "step_times": times, "compile_s": compile_s, "xla_flops": _flops(compiled)}
         del state
     return results
 
@@ -136,17 +132,26 @@ def main() -> None:
     parser = FlagParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=6)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=3,
-                        help="timed steps per phase (median: one slow step after the warm-up is common)")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="timed steps per phase (median: one slow step after the warm-up is common)"
+    )
     parser.add_argument("--deblur_width", type=int, default=32)
     parser.add_argument("--reblur_width", type=int, default=16)
     parser.add_argument("--num_groups", type=int, default=6)
     parser.add_argument("--matmul_n", type=int, default=2048)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype of the steps (config.compute_dtype)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of the steps (config.compute_dtype)",
+    )
     parser.add_argument("--json", type=str, default=None)
-    parser.add_argument("--cpu_scheduler", choices=("memory", "concurrency"), default="memory",
-                        help="XLA CPU scheduler (memory: aspdc_jax.inference.LOW_MEMORY_CPU_FLAG)")
+    parser.add_argument(
+        "--cpu_scheduler",
+        choices=("memory", "concurrency"),
+        default="memory",
+        help="XLA CPU scheduler (memory: aspdc_jax.inference.LOW_MEMORY_CPU_FLAG)",
+    )
     args = parser.parse_args()
     if args.cpu_scheduler == "memory":
         use_low_memory_cpu_scheduler()
@@ -187,8 +192,11 @@ def main() -> None:
     rows = [
         ("deblur step", f"{out['deblur_step_s']:.2f} s", f"compile {out['deblur_compile_s']:.0f} s"),
         ("finetune step", f"{out['finetune_step_s']:.2f} s", f"compile {out['finetune_compile_s']:.0f} s"),
-        ("model FLOPs / deblur step", f"{out['model_gflop_per_step']:.0f} GFLOP",
-         f"3 x forward {out['forward_gflop']:.1f}; XLA step count {out['xla_gflop_deblur_step']:.0f}"),
+        (
+            "model FLOPs / deblur step",
+            f"{out['model_gflop_per_step']:.0f} GFLOP",
+            f"3 x forward {out['forward_gflop']:.1f}; XLA step count {out['xla_gflop_deblur_step']:.0f}",
+        ),
         ("achieved", f"{achieved:.1f} GFLOP/s", "deblur step"),
         ("f32 matmul", f"{mm:.1f} GFLOP/s", f"{args.matmul_n}^3, same run"),
         ("utilization", f"{out['utilization']:.3f}", "achieved / matmul"),

@@ -117,7 +117,9 @@ def test_pth_reader_unwraps_and_strips_module_prefix(tmp_path) -> None:
         for item in zin.namelist():
             data = zin.read(item)
             if item.endswith("data.pkl"):
-                data = data.replace(b"X\x12\x00\x00\x00head_conv.0.weight", b"X\x19\x00\x00\x00module.head_conv.0.weight")
+                data = data.replace(
+                    b"X\x12\x00\x00\x00head_conv.0.weight", b"X\x19\x00\x00\x00module.head_conv.0.weight"
+                )
             zout.writestr(item, data)
     sd = read_torch_state_dict(dst)
     assert "head_conv.0.weight" in sd and not any(k.startswith("module.") for k in sd)
@@ -185,7 +187,7 @@ def _check_outputs(official, deblur_sd, reblur_sd, dtype, atol: float) -> None:
     rnet, rparams = reblur_from_official(reblur_sd)
     assert net.width == 4 and rnet.width == 4
     net, rnet = net.clone(dtype=dtype), rnet.clone(dtype=dtype)
-    cast = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)  # noqa: E731
+    cast = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
     params, rparams = cast(params), cast(rparams)
     blurry = jnp.asarray(_nhwc(official["input/blurry"]), dtype)
     sharp = jnp.asarray(_nhwc(official["input/sharp"]), dtype)
@@ -246,9 +248,7 @@ def test_cli_writes_an_export_that_loads(tmp_path, official, deblur_sd, capsys) 
 
 
 def test_cli_reports_bad_files(tmp_path, capsys) -> None:
-    rc = convert.main(
-        ["--deblur", str(FIXTURES / "ReBlurringNet.pth"), "--out", str(tmp_path / "x")]
-    )
+    rc = convert.main(["--deblur", str(FIXTURES / "ReBlurringNet.pth"), "--out", str(tmp_path / "x")])
     assert rc == 2
     assert "head.0.weight" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

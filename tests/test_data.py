@@ -30,9 +30,19 @@ def _save(path: pathlib.Path, arr: np.ndarray) -> np.ndarray:
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
-    base = dict(dataset="synthetic", data_dir=None, tfds_dir=None, crop_size=32, num_workers=0, gopro_variant="blur",
-                epoch_size=40, augment=True, read_threads=1, synthetic_test_crops_per_photo=2,
-                synthetic_test_crop_size=64)
+    base = dict(
+        dataset="synthetic",
+        data_dir=None,
+        tfds_dir=None,
+        crop_size=32,
+        num_workers=0,
+        gopro_variant="blur",
+        epoch_size=40,
+        augment=True,
+        read_threads=1,
+        synthetic_test_crops_per_photo=2,
+        synthetic_test_crop_size=64,
+    )
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -134,8 +144,15 @@ def test_sharp_target_is_the_centroid_of_the_blur():
     """A point light blurred by any camera path spreads around its sharp position: the
     centroid of the blurred spot is where the sharp image has the point (within 1 px)."""
     cfg = synthetic.SyntheticBlurConfig(
-        min_blur=4, max_camera_blur=12, sharp_probability=0.0, object_probability=0.0, noise_sigma=0.0,
-        jpeg_probability=0.0, saturation_probability=0.0, gamma=1.0, gamma_jitter=0.0,
+        min_blur=4,
+        max_camera_blur=12,
+        sharp_probability=0.0,
+        object_probability=0.0,
+        noise_sigma=0.0,
+        jpeg_probability=0.0,
+        saturation_probability=0.0,
+        gamma=1.0,
+        gamma_jitter=0.0,
     )
     m, s = cfg.margin(), 64
     rng = np.random.default_rng(1)
@@ -155,8 +172,14 @@ def test_sharp_target_is_the_centroid_of_the_blur():
 
 def test_camera_factors_saturation_noise_jpeg():
     photo = synthetic.builtin_photos("train")[0][1]
-    plain = dict(sharp_probability=0.0, object_probability=0.0, noise_sigma=0.0, jpeg_probability=0.0,
-                 saturation_probability=0.0, gamma_jitter=0.0)
+    plain = dict(
+        sharp_probability=0.0,
+        object_probability=0.0,
+        noise_sigma=0.0,
+        jpeg_probability=0.0,
+        saturation_probability=0.0,
+        gamma_jitter=0.0,
+    )
     src = np.full((64 + 2 * 26, 64 + 2 * 26, 3), 60, np.uint8)
     src[40:50, 40:50] = 255  # a light source
     base = synthetic.SyntheticBlurConfig(**dict(plain, min_blur=6.0))
@@ -208,8 +231,8 @@ def test_heldout_photos_never_reach_the_training_stream(monkeypatch):
 def test_synthetic_path_does_not_need_tensorflow_datasets(tmp_path):
     """The built-in data, training and inference import without tensorflow_datasets (only
     the GoPro/HIDE/RealBlur stores need it), e.g. on an accelerator image that lacks it."""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import subprocess
+    import sys
 
     (tmp_path / "tensorflow_datasets").mkdir()
     (tmp_path / "tensorflow_datasets" / "__init__.py").write_text("raise ImportError('blocked')\n")
@@ -230,7 +253,12 @@ def test_synthetic_eval_pairs_fixed_and_match_store(tmp_path):
     a = list(eval_pairs(cfg))
     b = list(eval_pairs(cfg))
     assert len(a) == 24 and a[0].blurred.shape == (64, 64, 3)  # 4 photos x 3 bands x 2 crops
-    assert [p.name for p in a[:4]] == ["astronaut_mild_00", "astronaut_gopro_00", "astronaut_strong_00", "chelsea_mild_00"]
+    assert [p.name for p in a[:4]] == [
+        "astronaut_mild_00",
+        "astronaut_gopro_00",
+        "astronaut_strong_00",
+        "chelsea_mild_00",
+    ]
     assert [p.meta["band"] for p in a[:3]] == ["mild", "gopro", "strong"]
     assert all(np.array_equal(x.blurred, y.blurred) and np.array_equal(x.sharp, y.sharp) for x, y in zip(a, b))
     assert len(list(eval_pairs(cfg, limit=3))) == 3
@@ -248,7 +276,14 @@ def test_synthetic_user_photo_folder(tmp_path):
     assert [n for n, _ in synthetic.photo_source(str(tmp_path), "test")] == ["p4.png"]
     assert len(synthetic.photo_source(str(tmp_path), "train")) == 4
     pairs = list(eval_pairs(_cfg(data_dir=str(tmp_path), synthetic_test_crop_size=48)))
-    assert [p.name for p in pairs] == ["p4_mild_00", "p4_gopro_00", "p4_strong_00", "p4_mild_01", "p4_gopro_01", "p4_strong_01"]
+    assert [p.name for p in pairs] == [
+        "p4_mild_00",
+        "p4_gopro_00",
+        "p4_strong_00",
+        "p4_mild_01",
+        "p4_gopro_01",
+        "p4_strong_01",
+    ]
 
 
 def test_preview_cli(tmp_path):
@@ -258,20 +293,28 @@ def test_preview_cli(tmp_path):
     # One photo of your own is enough for a preview; one too small is named.
     (tmp_path / "mine").mkdir()
     _save(tmp_path / "mine" / "big.png", _img(80, 90, 1))
-    assert synthetic.main(["--preview", str(out), "--rows", "1", "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 0
+    assert (
+        synthetic.main(
+            ["--preview", str(out), "--rows", "1", "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]
+        )
+        == 0
+    )
     _save(tmp_path / "mine" / "small.png", _img(30, 90, 1))
     assert synthetic.main(["--preview", str(out), "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 2
     with pytest.raises(SystemExit):
         synthetic.main(["--preview", str(out), "--rows", "0"])
 
 
-@pytest.mark.parametrize("where, message", [
-    ("missing/preview.png", "the folder .*missing does not exist"),
-    ("", "is a folder; give a file name"),
-    ("preview.txt", "give an image file name ending in .png"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("missing/preview.png", "the folder .*missing does not exist"),
+        ("", "is a folder; give a file name"),
+        ("preview.txt", "give an image file name ending in .png"),
+    ],
+)
 def test_preview_cli_bad_output_path_fails_before_work(tmp_path, capsys, where, message):
-    import re  # noqa: PLC0415
+    import re
 
     assert synthetic.main(["--preview", str(tmp_path / where), "--rows", "1", "--crop_size", "64"]) == 2
     captured = capsys.readouterr()
@@ -307,7 +350,9 @@ def test_tiles_roundtrip_and_window():
     tiles = imageio.encode_tiles(img)
     assert len(tiles) == 3 * 3
     assert np.array_equal(imageio.decode_tiles(tiles, 300, 270, imageio.TILE), img)
-    assert np.array_equal(imageio.decode_window(tiles, 300, 270, imageio.TILE, 101, 127, 150, 140), img[101:251, 127:267])
+    assert np.array_equal(
+        imageio.decode_window(tiles, 300, 270, imageio.TILE, 101, 127, 150, 140), img[101:251, 127:267]
+    )
     with pytest.raises(ValueError, match="outside"):
         imageio.decode_window(tiles, 300, 270, imageio.TILE, 200, 0, 150, 10)
 
@@ -347,7 +392,9 @@ def test_hide_builder_records_subset(tmp_path):
     src = builders.prepare("hide", manual_dir=tmp_path, tfds_dir=tmp_path / "tfds").as_data_source("test")
     assert src[2]["subset"] == b"long-shot"
     with pytest.raises(ValueError, match="evaluation only"):
-        make_train_loader(_cfg(dataset="hide", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds")), global_batch_size=1, seed=0)
+        make_train_loader(
+            _cfg(dataset="hide", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds")), global_batch_size=1, seed=0
+        )
 
 
 @pytest.mark.parametrize("variant", ["J", "R"])
@@ -362,7 +409,9 @@ def test_realblur_builder_uses_list_files(tmp_path, variant):
     _save(tmp_path / folder / "scene009" / "blur" / "blur_1.png", _img(20, 36, 9))
     for split, ls in lines.items():
         (tmp_path / f"RealBlur_{variant}_{split}_list.txt").write_text("\n".join(ls) + "\n")
-    cfg = _cfg(dataset=f"realblur_{variant.lower()}", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"), crop_size=16)
+    cfg = _cfg(
+        dataset=f"realblur_{variant.lower()}", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"), crop_size=16
+    )
     pairs = list(eval_pairs(cfg))
     assert [p.name for p in pairs] == ["scene003/blur_1"] and np.array_equal(pairs[0].blurred, 255 - pairs[0].sharp)
     assert make_train_loader(cfg, global_batch_size=2, seed=0).num_examples == 2
@@ -385,7 +434,9 @@ def test_paired_and_unpaired_folders(tmp_path):
     assert make_train_loader(cfg, global_batch_size=1, seed=0).num_examples == 3
     for i in range(2):
         _save(tmp_path / "rwbi" / f"real{i}.jpg", _img(26, 30, i))
-    un = list(eval_pairs(_cfg(dataset="unpaired_folder", data_dir=str(tmp_path / "rwbi"), tfds_dir=str(tmp_path / "t"))))
+    un = list(
+        eval_pairs(_cfg(dataset="unpaired_folder", data_dir=str(tmp_path / "rwbi"), tfds_dir=str(tmp_path / "t")))
+    )
     assert [p.name for p in un] == ["real0", "real1"] and un[0].sharp is None and un[0].blurred.shape == (26, 30, 3)
 
 
@@ -415,7 +466,9 @@ def test_error_missing_folder(tmp_path):
     assert list(_prepare(tmp_path, tmp_path, "gopro").info.splits.keys()) == ["train"]
     with pytest.raises(FileNotFoundError, match=r"GoPro test split \(expected GOPRO_Large/test\)"):
         list(eval_pairs(_cfg(dataset="gopro", data_dir=str(tmp_path), tfds_dir=str(tmp_path / "tfds"))))
-    with pytest.raises(ValueError, match=r"needs the folder holding it \(train.py: config.data.data_dir; evaluate.py: --data_dir\)"):
+    with pytest.raises(
+        ValueError, match=r"needs the folder holding it \(train.py: config.data.data_dir; evaluate.py: --data_dir\)"
+    ):
         list(eval_pairs(_cfg(dataset="gopro")))
 
 
@@ -460,7 +513,9 @@ def test_grayscale_rgba_16bit_pairs_are_converted(tmp_path):
     (root / "blur").mkdir(parents=True)
     (root / "sharp").mkdir()
     Image.fromarray((gray % 256).astype(np.uint8), "L").save(root / "blur" / "g.png")
-    Image.fromarray(np.concatenate([_img(30, 34, 1), np.zeros((30, 34, 1), np.uint8)], 2), "RGBA").save(root / "sharp" / "g.png")
+    Image.fromarray(np.concatenate([_img(30, 34, 1), np.zeros((30, 34, 1), np.uint8)], 2), "RGBA").save(
+        root / "sharp" / "g.png"
+    )
     Image.fromarray(gray * 60).save(root / "blur" / "h.png")  # 16-bit grayscale
     _save(root / "sharp" / "h.png", _img(30, 34, 2))
     pairs = list(eval_pairs(_cfg(dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"))))
@@ -477,8 +532,11 @@ def test_store_reprepare_from_other_folder_is_refused(tmp_path):
         _save(r / "test" / "test-close-ups" / "x.png", _img(8, 8, 1))
         (r / "test" / "test-long-shot").mkdir(parents=True)
     builders.prepare("hide", manual_dir=tmp_path / "a", tfds_dir=tmp_path / "tfds")
-    with pytest.raises(ValueError, match=r"prepared from .*a/HIDE_dataset, not from data_dir .*b/HIDE_dataset; .*"
-                       r"\(train.py: config.data.tfds_dir; evaluate.py: --tfds_dir\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"prepared from .*a/HIDE_dataset, not from data_dir .*b/HIDE_dataset; .*"
+        r"\(train.py: config.data.tfds_dir; evaluate.py: --tfds_dir\)",
+    ):
         builders.prepare("hide", manual_dir=tmp_path / "b", tfds_dir=tmp_path / "tfds")
 
 
@@ -584,7 +642,9 @@ def test_gopro_test_split_only_can_be_evaluated(gopro, tmp_path):
     assert [p.name for p in pairs] == sorted(n for s, n in truth if s == "test")
     # Evaluation stores the test split alone (never encodes the training set).
     assert list(pipeline.store_for(cfg, split="test").info.splits.keys()) == ["test"]
-    assert sorted(p.name for p in (tmp_path / "tfds" / "gopro").iterdir() if not p.name.startswith(".")) == ["blur_test"]
+    assert sorted(p.name for p in (tmp_path / "tfds" / "gopro").iterdir() if not p.name.startswith(".")) == [
+        "blur_test"
+    ]
 
 
 # ----------------------------------------------------------------------------- pipeline

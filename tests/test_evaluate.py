@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.models import smooth_image, tiny_export
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from aspdc_jax import inference
 from aspdc_jax.evaluation import figures
 from aspdc_jax.evaluation.alignment import realblur_scores, warp_image
+from tests.helpers.models import smooth_image, tiny_export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,9 @@ def _sk_scores(pred: np.ndarray, sharp: np.ndarray) -> tuple[float, float, float
     p, s = pred.astype(np.float64), sharp.astype(np.float64)
     return (
         peak_signal_noise_ratio(s, p, data_range=1.0),
-        structural_similarity(s, p, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False, data_range=1.0),
+        structural_similarity(
+            s, p, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        ),
         structural_similarity(s, p, channel_axis=-1, win_size=7, data_range=2.0),
     )
 
@@ -58,9 +59,24 @@ def test_evaluate_end_to_end_fake_gopro(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [
-        sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(export), "--dataset", "gopro",
-        "--data_dir", str(data), "--tfds_dir", str(tmp_path / "tfds"), "--out", str(out),
-        "--save_images", "--reblur", "--figures", "--num_figures", "1", "--noprogress",
+        sys.executable,
+        str(REPO / "evaluate.py"),
+        "--ckpt",
+        str(export),
+        "--dataset",
+        "gopro",
+        "--data_dir",
+        str(data),
+        "--tfds_dir",
+        str(tmp_path / "tfds"),
+        "--out",
+        str(out),
+        "--save_images",
+        "--reblur",
+        "--figures",
+        "--num_figures",
+        "1",
+        "--noprogress",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -97,7 +113,10 @@ def test_evaluate_end_to_end_fake_gopro(tmp_path):
 def test_evaluate_help_explains_itself():
     proc = subprocess.run(
         [sys.executable, str(REPO / "evaluate.py"), "--helpshort"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     text = proc.stdout + proc.stderr
     for word in ("--ckpt", "--dataset", "realblur_j", "--reblur", "--timing", "--align", "Table 3"):
@@ -108,17 +127,24 @@ def test_evaluate_help_explains_itself():
     "args, message",
     [
         (["--ckpt", "{tmp}/missing", "--dataset", "synthetic"], "error: checkpoint folder .*missing does not exist"),
-        (["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/nowhere"], "error: data_dir for gopro: folder .*nowhere does not exist"),
-        (["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/empty"],
-         r"error: data_dir for gopro: folder .*empty is empty; expected GOPRO_Large/\{train,test\}/<scene>/"),
+        (
+            ["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/nowhere"],
+            "error: data_dir for gopro: folder .*nowhere does not exist",
+        ),
+        (
+            ["--ckpt", "{export}", "--dataset", "gopro", "--data_dir", "{tmp}/empty"],
+            r"error: data_dir for gopro: folder .*empty is empty; expected GOPRO_Large/\{train,test\}/<scene>/",
+        ),
         (["--ckpt", "{export}", "--dataset", "synthetic", "--bucket", "odd"], "error: bucket must be"),
-        (["--ckpt", "{export}", "--dataset", "synthetic", "--out", "{tmp}/outfile.png"],
-         r"error: --out .*outfile.png is a file; give a folder"),
+        (
+            ["--ckpt", "{export}", "--dataset", "synthetic", "--out", "{tmp}/outfile.png"],
+            r"error: --out .*outfile.png is a file; give a folder",
+        ),
     ],
 )
 def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
     """A missing checkpoint / data folder or a bad flag value: `error: ...`, exit 2, no traceback."""
-    import re  # noqa: PLC0415
+    import re
 
     export = tiny_export(tmp_path / "export")
     (tmp_path / "empty").mkdir()
@@ -128,7 +154,11 @@ def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
         args += ["--out", str(tmp_path / "out")]
     proc = subprocess.run(
         [sys.executable, str(REPO / "evaluate.py"), *args, "--noprogress"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
@@ -138,7 +168,7 @@ def test_evaluate_bad_input_is_one_line(tmp_path, args, message):
 def test_timing_alone_and_tiny_images(tmp_path):
     """--timing --limit 0 scores nothing and still writes the timing; an image too small for
     SSIM is named in the error; seconds per image leave out the compiling calls."""
-    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate, format_table  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate, format_table
 
     export = tiny_export(tmp_path / "export")
     root = tmp_path / "pf"
@@ -147,7 +177,9 @@ def test_timing_alone_and_tiny_images(tmp_path):
         for sub in ("blur", "sharp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
             Image.fromarray(smooth_image(rng, h, w)).save(root / sub / f"{name}.png")
-    common = dict(ckpt=str(export), dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"), progress=False)
+    common = dict(
+        ckpt=str(export), dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"), progress=False
+    )
     result = evaluate(EvalConfig(out=str(tmp_path / "o1"), limit=0, timing=True, timing_repeats=1, **common))
     assert result["num_images"] == 0 and result["timing"]["seconds_mean"] > 0
     assert "s / 1280x720 (untiled)" in format_table(result) and "PSNR" not in format_table(result)
@@ -170,7 +202,7 @@ def test_timing_alone_and_tiny_images(tmp_path):
 def test_output_names_keep_dots_and_never_collide(tmp_path):
     """shot.v1 / shot.v2 keep their own PNG and figures; pairs that would share a file
     (x from x.png, x.png from x.png.png) get distinct, deterministic names."""
-    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate
 
     export = tiny_export(tmp_path / "export")
     root = tmp_path / "pf"
@@ -183,43 +215,67 @@ def test_output_names_keep_dots_and_never_collide(tmp_path):
             Image.fromarray(img).save(root / sub / file, format="PNG")
             blurred.setdefault(file, img)
     out = tmp_path / "out"
-    evaluate(EvalConfig(
-        ckpt=str(export), out=str(out), dataset="paired_folder", data_dir=str(root),
-        tfds_dir=str(tmp_path / "t"), save_images=True, figures=True, num_figures=4, progress=False,
-    ))
+    evaluate(
+        EvalConfig(
+            ckpt=str(export),
+            out=str(out),
+            dataset="paired_folder",
+            data_dir=str(root),
+            tfds_dir=str(tmp_path / "t"),
+            save_images=True,
+            figures=True,
+            num_figures=4,
+            progress=False,
+        )
+    )
     with open(out / "per_image.csv") as f:
         files = {r["name"]: r["file"] for r in csv.DictReader(f)}
     assert files == {"shot.v1": "shot.v1.png", "shot.v2": "shot.v2.png", "x": "x.png", "x.png": "x_2.png"}
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(files.values())
     deblurrer = inference.load(export, bucket="exact")
-    for name, source in (("shot.v1", "shot.v1.png"), ("shot.v2", "shot.v2.png"), ("x", "x.png"), ("x.png", "x.png.png")):
+    for name, source in (
+        ("shot.v1", "shot.v1.png"),
+        ("shot.v2", "shot.v2.png"),
+        ("x", "x.png"),
+        ("x.png", "x.png.png"),
+    ):
         saved = np.asarray(Image.open(out / "images" / files[name]))
         np.testing.assert_array_equal(saved, deblurrer.deblur(blurred[source]))
-        assert np.array_equal(np.asarray(Image.open(out / "figures" / files[name].replace(".png", "_input.png"))), blurred[source])
+        assert np.array_equal(
+            np.asarray(Image.open(out / "figures" / files[name].replace(".png", "_input.png"))), blurred[source]
+        )
     assert len(list((out / "figures").glob("*_attention.png"))) == 4
 
 
 def test_output_name_rules():
-    from aspdc_jax.evaluation.protocol import _output_name  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import _output_name
 
     taken: set[str] = set()
     names = ["GOPR0384_11_00/000001", "a.JPG", "b.tar", "A", "a", "a_2", "v1.2"]
     assert [_output_name(n, taken).as_posix() for n in names] == [
-        "GOPR0384_11_00/000001.png", "a.png", "b.tar.png", "A_2.png", "a_3.png", "a_2_2.png", "v1.2.png",
+        "GOPR0384_11_00/000001.png",
+        "a.png",
+        "b.tar.png",
+        "A_2.png",
+        "a_3.png",
+        "a_2_2.png",
+        "v1.2.png",
     ]
 
 
 def test_table_counts_images_in_words():
-    from aspdc_jax.evaluation.protocol import format_table  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import format_table
 
-    scores = dict(psnr=30.0, ssim=0.9, ssim_official=0.91, psnr_blurred=25.0, ssim_blurred=0.8, ssim_official_blurred=0.81)
+    scores = dict(
+        psnr=30.0, ssim=0.9, ssim_official=0.91, psnr_blurred=25.0, ssim_blurred=0.8, ssim_official_blurred=0.81
+    )
     assert "\n(1 image; PSNR" in format_table(dict(scores, dataset="gopro", num_images=1))
     assert "\n(3 images; PSNR" in format_table(dict(scores, dataset="gopro", num_images=3))
     assert "\n(0 images; PSNR" in format_table(dict(dataset="gopro", num_images=0))
 
 
 def test_out_that_is_a_file_is_refused_first(tmp_path):
-    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate  # noqa: PLC0415
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate
 
     (tmp_path / "outfile.png").write_bytes(b"x")
     for out, message in (
@@ -268,11 +324,11 @@ def test_realblur_alignment_recovers_a_shift():
 @pytest.mark.slow
 def test_train_workdir_loads_for_inference_and_evaluation(tmp_path):
     """A tiny train.py workdir (deblur + reblur phases) through inference.load and evaluate."""
-    from tests.helpers.train_fakes import fake_loader_factory
     from test_train_loop import tiny_config
 
     from aspdc_jax.evaluation.protocol import EvalConfig, evaluate
     from aspdc_jax.training import train_and_evaluate
+    from tests.helpers.train_fakes import fake_loader_factory
 
     config = tiny_config()
     config.phases = "deblur,reblur"
@@ -281,8 +337,14 @@ def test_train_workdir_loads_for_inference_and_evaluation(tmp_path):
     deblurrer = inference.load(workdir)
     image = smooth_image(np.random.default_rng(0), 30, 42)
     assert deblurrer.deblur(image).shape == image.shape
-    result = evaluate(EvalConfig(
-        ckpt=str(workdir), out=str(tmp_path / "eval"), dataset="synthetic", limit=1,
-        reblur=True, progress=False,
-    ))
+    result = evaluate(
+        EvalConfig(
+            ckpt=str(workdir),
+            out=str(tmp_path / "eval"),
+            dataset="synthetic",
+            limit=1,
+            reblur=True,
+            progress=False,
+        )
+    )
     assert result["num_images"] == 1 and "reblur" in result

@@ -10,17 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers.models import smooth_image, tiny_export, tiny_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from aspdc_jax.inference import cli as deblur_module
 from aspdc_jax import inference
-from aspdc_jax.images import ImageReadError, read_image
+from aspdc_jax.images import ImageReadError, read_image, to_model, to_uint8
+from aspdc_jax.inference import cli as deblur_module
 from aspdc_jax.inference.cli import MANIFEST_NAME
 from aspdc_jax.inference.cli import main as deblur_main
-from aspdc_jax.images import to_model, to_uint8
+from tests.helpers.models import smooth_image, tiny_export, tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +192,8 @@ def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 def _png16_rgb(path, array: np.ndarray) -> None:
     """Writes a 16-bit RGB PNG by hand (Pillow cannot write one)."""
-    import struct  # noqa: PLC0415
-    import zlib  # noqa: PLC0415
+    import struct
+    import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -213,7 +212,7 @@ def test_read_image_conversions(tmp_path):
     (tmp_path / "gray.png").write_bytes(_png_bytes(gray))
     loaded = read_image(tmp_path / "gray.png")
     assert loaded.rgb.shape == (9, 7, 3) and np.array_equal(loaded.rgb[..., 1], gray)
-    deep = (gray.astype(np.uint16) * 257)
+    deep = gray.astype(np.uint16) * 257
     Image.fromarray(deep).save(tmp_path / "deep.png")
     loaded = read_image(tmp_path / "deep.png")
     assert loaded.rgb.dtype == np.uint8 and np.array_equal(loaded.rgb[..., 0], gray)
@@ -273,7 +272,9 @@ def test_cli_output_names_never_collide_or_replace_inputs(tmp_path, export_dir, 
     assert produced == ["in1/a.jpg.png", "in1/a.png", "in1/a.png.png", "in2/a.png"]
     # The same file twice: a second, distinct name.
     twice = tmp_path / "twice"
-    assert deblur_main([*args, str(tmp_path / "in2" / "a.jpg"), str(tmp_path / "in2" / "a.jpg"), "--out", str(twice)]) == 0
+    assert (
+        deblur_main([*args, str(tmp_path / "in2" / "a.jpg"), str(tmp_path / "in2" / "a.jpg"), "--out", str(twice)]) == 0
+    )
     assert sorted(p.name for p in twice.glob("*.png")) == ["a.jpg.png", "a.png"]
     # Outputs that would replace an input are refused before anything is written.
     before = (tmp_path / "same" / "a.png").read_bytes()
@@ -286,7 +287,9 @@ def test_cli_output_names_never_collide_or_replace_inputs(tmp_path, export_dir, 
     # An --out inside the input folder is not searched on reruns.
     for _ in range(2):
         assert deblur_main([*args, str(tmp_path / "in2"), "--out", str(tmp_path / "in2" / "out")]) == 0
-    assert sorted(p.relative_to(tmp_path / "in2").as_posix() for p in (tmp_path / "in2").rglob("*.png")) == ["out/a.png"]
+    assert sorted(p.relative_to(tmp_path / "in2").as_posix() for p in (tmp_path / "in2").rglob("*.png")) == [
+        "out/a.png"
+    ]
     # --out is a file.
     assert deblur_main([*args, str(tmp_path / "in2"), "--out", str(tmp_path / "in2" / "a.jpg")]) == 2
     assert "is not a folder" in capsys.readouterr().err

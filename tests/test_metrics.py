@@ -23,8 +23,13 @@ def _sk_ssim(a: np.ndarray, b: np.ndarray, variant: str) -> float:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     if variant == "gaussian":
         return structural_similarity(
-            a64, b64, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False, data_range=1.0,
+            a64,
+            b64,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
         )
     return structural_similarity(a64, b64, channel_axis=-1, win_size=7, data_range=2.0)
 

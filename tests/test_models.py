@@ -15,8 +15,8 @@ from aspdc_jax.models import (
     ASPDC,
     ConvTranspose2x,
     DeblurNet,
-    DeformBranch,
     DeblurOutput,
+    DeformBranch,
     ReblurNet,
     ResBlock,
     init_params,
@@ -82,9 +82,7 @@ def test_param_tree_reads_like_the_paper() -> None:
         "fuse_conv", "up1", "up2", "tail_conv",
     }  # fmt: skip
     aspdc = params["groups"]["aspdc"]
-    assert set(aspdc) == {
-        "feature_conv", "branch_static", "branch_d1", "branch_d2", "branch_d4", "afim", "fusion_conv"
-    }
+    assert set(aspdc) == {"feature_conv", "branch_static", "branch_d1", "branch_d2", "branch_d4", "afim", "fusion_conv"}
     assert set(aspdc["branch_static"]) == {"mask_conv", "dcn"}
     assert set(aspdc["branch_d2"]) == {"offset_conv", "mask_conv", "dcn"}
     assert aspdc["branch_d2"]["offset_conv"]["kernel"].shape == (6, 3, 3, 16, 18)

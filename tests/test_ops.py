@@ -7,8 +7,8 @@ from pathlib import Path
 
 import hypothesis.extra.numpy as hnp
 import jax
-import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -84,7 +84,7 @@ def deform_conv_ref(x, off, mask, kernel, bias, stride, pad, dil, groups):
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_deform_conv_matches_torchvision(case, x64):
     data = np.load(FIXTURES / "deform_conv_cases.npz")
-    get = lambda key: data[f"{case['name']}/{key}"]  # noqa: E731
+    get = lambda key: data[f"{case['name']}/{key}"]
     args = [
         nhwc(get("input")),
         nhwc(get("offset")),
@@ -95,8 +95,15 @@ def test_deform_conv_matches_torchvision(case, x64):
 
     def f(x, off, m, w, b):
         return deform_conv2d(
-            x, off, m, w, b, stride=case["stride"], padding=case["pad"],
-            dilation=case["dil"], offset_groups=case["ogroups"],
+            x,
+            off,
+            m,
+            w,
+            b,
+            stride=case["stride"],
+            padding=case["pad"],
+            dilation=case["dil"],
+            offset_groups=case["ogroups"],
         )
 
     out, vjp = jax.vjp(f, *args)
@@ -107,9 +114,7 @@ def test_deform_conv_matches_torchvision(case, x64):
     np.testing.assert_allclose(nchw(grads[1]), get("grad_offset"), rtol=0, atol=1e-9)
     if case["mask"]:
         np.testing.assert_allclose(nchw(grads[2]), get("grad_mask"), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(
-        np.asarray(grads[3]).transpose(3, 2, 0, 1), get("grad_weight"), rtol=0, atol=1e-9
-    )
+    np.testing.assert_allclose(np.asarray(grads[3]).transpose(3, 2, 0, 1), get("grad_weight"), rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.asarray(grads[4]), get("grad_bias"), rtol=0, atol=1e-9)
 
 
@@ -136,8 +141,12 @@ def test_zero_offsets_equal_dense_conv(stride, padding, dilation, k, x64):
     pad = (padding, padding) if isinstance(padding, int) else padding
     dil = (dilation, dilation) if isinstance(dilation, int) else dilation
     ref = jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), [(pad[0], pad[0]), (pad[1], pad[1])],
-        rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        x,
+        kernel,
+        (stride, stride),
+        [(pad[0], pad[0]), (pad[1], pad[1])],
+        rhs_dilation=dil,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     zeros = jnp.zeros(ref.shape[:3] + (2 * k * k,))
     kw = dict(stride=stride, padding=padding, dilation=dilation)
@@ -170,7 +179,10 @@ def test_gradients_match_finite_differences(x64):
     mask = jnp.asarray(rng.uniform(size=(1, 5, 6, 9)))
     kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 2)))
     jax.test_util.check_grads(
-        lambda *a: deform_conv2d(*a), (x, off, mask, kernel), order=1, modes=["rev"],
+        lambda *a: deform_conv2d(*a),
+        (x, off, mask, kernel),
+        order=1,
+        modes=["rev"],
         eps=1e-6,
     )
 
@@ -191,11 +203,16 @@ def deform_problems(draw):
     ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
     wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
     b, o = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False, width=64)  # noqa: E731
+    floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False, width=64)
     x = draw(hnp.arrays(np.float64, (b, h, w, c), elements=floats(-2, 2)))
     # Offsets include exact integers and points far outside the image.
-    off = draw(hnp.arrays(np.float64, (b, ho, wo, 2 * k * k * groups),
-                          elements=st.one_of(floats(-4, 4), st.integers(-3, 3).map(float))))
+    off = draw(
+        hnp.arrays(
+            np.float64,
+            (b, ho, wo, 2 * k * k * groups),
+            elements=st.one_of(floats(-4, 4), st.integers(-3, 3).map(float)),
+        )
+    )
     use_mask = draw(st.booleans())
     mask = draw(hnp.arrays(np.float64, (b, ho, wo, k * k * groups), elements=floats(0, 1)))
     kernel = draw(hnp.arrays(np.float64, (k, k, c, o), elements=floats(-1, 1)))
@@ -209,9 +226,15 @@ def test_deform_conv_matches_loop_reference(problem):
     x, off, mask, kernel, bias, stride, pad, dil, groups = problem
     with jax.enable_x64(True):
         out = deform_conv2d(
-            jnp.asarray(x), jnp.asarray(off), None if mask is None else jnp.asarray(mask),
-            jnp.asarray(kernel), None if bias is None else jnp.asarray(bias),
-            stride=stride, padding=pad, dilation=dil, offset_groups=groups,
+            jnp.asarray(x),
+            jnp.asarray(off),
+            None if mask is None else jnp.asarray(mask),
+            jnp.asarray(kernel),
+            None if bias is None else jnp.asarray(bias),
+            stride=stride,
+            padding=pad,
+            dilation=dil,
+            offset_groups=groups,
         )
         ref = deform_conv_ref(x, off, mask, kernel, bias, stride, pad, dil, groups)
         np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-10)
@@ -236,8 +259,12 @@ def dynamic_filter_ref(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=8, deadline=None)
 @given(
-    st.integers(1, 2), st.integers(2, 6), st.integers(2, 6), st.integers(1, 3),
-    st.sampled_from([1, 3]), st.integers(0, 2**31 - 1),
+    st.integers(1, 2),
+    st.integers(2, 6),
+    st.integers(2, 6),
+    st.integers(1, 3),
+    st.sampled_from([1, 3]),
+    st.integers(0, 2**31 - 1),
 )
 def test_dynamic_filter_matches_loop_reference(b, h, w, c, k, seed):
     if k == 3 and min(h, w) < 2:
@@ -270,12 +297,8 @@ def test_jit_vmap_grad_agree():
     xs, offs, masks = (jnp.stack([a, a[::-1]]) for a in (x, off, mask))
     batched = jax.vmap(deform_conv2d, in_axes=(0, 0, 0, None))(xs, offs, masks, kernel)
     np.testing.assert_allclose(batched[0], eager, atol=1e-5)
-    np.testing.assert_allclose(
-        batched[1], deform_conv2d(x[::-1], off[::-1], mask[::-1], kernel), atol=1e-5
-    )
-    grads = jax.jit(jax.grad(lambda *a: jnp.sum(deform_conv2d(*a) ** 2), argnums=(0, 1, 2, 3)))(
-        x, off, mask, kernel
-    )
+    np.testing.assert_allclose(batched[1], deform_conv2d(x[::-1], off[::-1], mask[::-1], kernel), atol=1e-5)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(deform_conv2d(*a) ** 2), argnums=(0, 1, 2, 3)))(x, off, mask, kernel)
     assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0 for g in grads)
 
 
@@ -287,9 +310,11 @@ def test_bfloat16_inputs_accumulate_in_float32():
     scale = float(jnp.abs(ref).max())
     # bf16 inputs (8-bit mantissa) with f32 accumulation: error ~ input rounding only.
     assert float(jnp.abs(out.astype(jnp.float32) - ref).max()) < 0.03 * scale
-    g = jax.grad(lambda a: jnp.sum(deform_conv2d(a, off.astype(jnp.bfloat16), None,
-                                                 kernel.astype(jnp.bfloat16)).astype(jnp.float32)))(
-        x.astype(jnp.bfloat16))
+    g = jax.grad(
+        lambda a: jnp.sum(
+            deform_conv2d(a, off.astype(jnp.bfloat16), None, kernel.astype(jnp.bfloat16)).astype(jnp.float32)
+        )
+    )(x.astype(jnp.bfloat16))
     assert g.dtype == jnp.bfloat16
 
 
@@ -299,7 +324,8 @@ def test_dynamic_filter_is_convex_combination():
     np.testing.assert_allclose(dynamic_filter(x, logits), x, atol=1e-6)
     const = jnp.full((1, 6, 7, 2), 0.3)
     np.testing.assert_allclose(
-        dynamic_filter(const, jax.random.normal(jax.random.key(1), (1, 6, 7, 9))), const,
+        dynamic_filter(const, jax.random.normal(jax.random.key(1), (1, 6, 7, 9))),
+        const,
         atol=1e-6,
     )
 
@@ -310,12 +336,28 @@ def test_dynamic_filter_is_convex_combination():
 @pytest.mark.parametrize(
     "shapes,kwargs,match",
     [
-        (((2, 8, 8, 4), (2, 8, 8, 17), (2, 8, 8, 9), (3, 3, 4, 5)), {}, r"offsets must have shape \(2, 8, 8, 18\).*got \(2, 8, 8, 17\)"),
-        (((2, 8, 8, 4), (2, 8, 8, 18), (2, 8, 8, 8), (3, 3, 4, 5)), {}, r"mask must have shape \(2, 8, 8, 9\).*got \(2, 8, 8, 8\)"),
+        (
+            ((2, 8, 8, 4), (2, 8, 8, 17), (2, 8, 8, 9), (3, 3, 4, 5)),
+            {},
+            r"offsets must have shape \(2, 8, 8, 18\).*got \(2, 8, 8, 17\)",
+        ),
+        (
+            ((2, 8, 8, 4), (2, 8, 8, 18), (2, 8, 8, 8), (3, 3, 4, 5)),
+            {},
+            r"mask must have shape \(2, 8, 8, 9\).*got \(2, 8, 8, 8\)",
+        ),
         (((2, 8, 8, 4), (2, 8, 8, 18), None, (3, 3, 3, 5)), {}, r"kernel input channels 3.*\(3, 3, 3, 5\).*4 channels"),
-        (((2, 8, 8, 5), (2, 8, 8, 36), None, (3, 3, 5, 5)), {"offset_groups": 2}, r"channels 5.*not divisible by offset_groups=2"),
+        (
+            ((2, 8, 8, 5), (2, 8, 8, 36), None, (3, 3, 5, 5)),
+            {"offset_groups": 2},
+            r"channels 5.*not divisible by offset_groups=2",
+        ),
         (((8, 8, 4), (2, 8, 8, 18), None, (3, 3, 4, 5)), {}, r"inputs must be 4-D.*\(8, 8, 4\)"),
-        (((2, 8, 8, 4), (2, 4, 4, 18), None, (3, 3, 4, 5)), {"stride": 2}, r"offsets must have shape \(2, 4, 4, 18\)|got"),
+        (
+            ((2, 8, 8, 4), (2, 4, 4, 18), None, (3, 3, 4, 5)),
+            {"stride": 2},
+            r"offsets must have shape \(2, 4, 4, 18\)|got",
+        ),
         (((2, 8, 8, 4), (2, 8, 8, 18), None, (3, 3, 4)), {}, r"kernel must be 4-D"),
     ],
 )
@@ -360,12 +402,15 @@ def test_bad_bias_and_dynamic_filter_shapes():
 def test_conv2d_matches_xla_convolution_and_its_gradients(geometry, x64):
     x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3), jnp.float64)
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5), jnp.float64)
-    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    pair = lambda v: (v, v) if isinstance(v, int) else v
 
     def reference(x, kernel):
         return jax.lax.conv_general_dilated(
-            x, kernel, window_strides=pair(geometry.get("stride", 1)),
-            padding=geometry["padding"], lhs_dilation=pair(geometry.get("lhs_dilation", 1)),
+            x,
+            kernel,
+            window_strides=pair(geometry.get("stride", 1)),
+            padding=geometry["padding"],
+            lhs_dilation=pair(geometry.get("lhs_dilation", 1)),
             rhs_dilation=pair(geometry.get("rhs_dilation", 1)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )

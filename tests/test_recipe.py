@@ -13,11 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.weights import CheckpointError, load_for_inference
 from aspdc_jax.models import ReblurNet, model_config_dict, model_from_config
 from aspdc_jax.publish import main as publish_main
-from aspdc_jax.training.validation import evaluate_pairs
 from aspdc_jax.training.state import make_optimizer
+from aspdc_jax.training.validation import evaluate_pairs
+from aspdc_jax.weights import CheckpointError, load_for_inference
 from tests.helpers.models import random_params, tiny_export
 
 
@@ -29,8 +29,15 @@ def _opt_config(**kw) -> ml_collections.ConfigDict:
 
 def test_offset_lr_multiplier_scales_only_the_sampling_predictors():
     params = {
-        "groups": {"aspdc": {"d1": {"offset_conv": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
-                                    "mask_conv": {"kernel": jnp.ones(4)}, "dcn": {"kernel": jnp.ones(5)}}}},
+        "groups": {
+            "aspdc": {
+                "d1": {
+                    "offset_conv": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+                    "mask_conv": {"kernel": jnp.ones(4)},
+                    "dcn": {"kernel": jnp.ones(5)},
+                }
+            }
+        },
         "head_conv": {"kernel": jnp.ones(6)},
     }
     grads = jax.tree_util.tree_map(lambda x: 0.5 * jnp.ones_like(x), params)
@@ -90,7 +97,13 @@ def test_evaluate_pairs_reports_every_band():
     assert all(abs(r["psnr_gain"]) < 1e-9 for r in result["per_band"].values())  # identity gains nothing
     mild, strong = result["per_band"]["mild"]["psnr_input"], result["per_band"]["strong"]["psnr_input"]
     assert mild > strong + 10  # closed form: 20 log10(255 / sigma) -> ~42 vs ~22 dB
-    assert abs(result["psnr_input"] - np.mean([r["psnr_input"] for r in result["per_band"].values() for _ in range(r["num_pairs"])])) < 1e-9
+    assert (
+        abs(
+            result["psnr_input"]
+            - np.mean([r["psnr_input"] for r in result["per_band"].values() for _ in range(r["num_pairs"])])
+        )
+        < 1e-9
+    )
 
 
 def test_published_weights_refuse_a_modified_file(tmp_path: pathlib.Path, capsys):
@@ -113,7 +126,7 @@ def test_published_weights_refuse_a_modified_file(tmp_path: pathlib.Path, capsys
 
 
 def test_comparison_figure_zooms_where_the_output_changed_most():
-    from aspdc_jax.evaluation import figures  # noqa: PLC0415
+    from aspdc_jax.evaluation import figures
 
     rng = np.random.default_rng(0)
     sharp = rng.integers(0, 256, (96, 120, 3)).astype(np.uint8)
@@ -132,7 +145,9 @@ def test_comparison_figure_zooms_where_the_output_changed_most():
     np.testing.assert_array_equal(fig[18 : 18 + 96, :120], blurred)
     np.testing.assert_array_equal(fig[18 : 18 + 96, 124:244], output)
     zoom_top = 18 + 96 + 6 + 18
-    np.testing.assert_array_equal(fig[zoom_top : zoom_top + 2 * size : 2, 2 * size + 4 : 4 * size + 4 : 2], output[y : y + size, x : x + size])
+    np.testing.assert_array_equal(
+        fig[zoom_top : zoom_top + 2 * size : 2, 2 * size + 4 : 4 * size + 4 : 2], output[y : y + size, x : x + size]
+    )
 
 
 DEMO_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "demo"
@@ -141,8 +156,8 @@ DEMO_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "demo"
 def test_shipped_demo_weights_load_checked_and_deblur():
     """weights/demo passes its SHA-256 manifest, loads, and improves a held-out blurred
     crop (gopro band) rather than returning its input."""
-    from aspdc_jax import inference  # noqa: PLC0415
-    from aspdc_jax.data import synthetic  # noqa: PLC0415
+    from aspdc_jax import inference
+    from aspdc_jax.data import synthetic
 
     assert (DEMO_WEIGHTS / "SHA256SUMS").is_file()
     deblurrer = inference.load(DEMO_WEIGHTS)

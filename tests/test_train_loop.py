@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.train_fakes import fake_loader_factory
 
-from aspdc_jax.weights import CheckpointError, load_for_inference
 from aspdc_jax.training import NonFiniteLossError, PhaseCheckpoints, train_and_evaluate
-from aspdc_jax.weights import load_workdir
+from aspdc_jax.weights import CheckpointError, load_for_inference, load_workdir
+from tests.helpers.train_fakes import fake_loader_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).parent
@@ -82,7 +81,11 @@ def _run(workdir: Path, kill_at: int, cache: Path, sig: str = "SIGKILL") -> subp
     script = RUNNER.format(root=str(ROOT), tests=str(TESTS))
     return subprocess.run(
         [sys.executable, "-c", script, str(workdir), str(kill_at), sig],
-        env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(ROOT),
     )
 
 
@@ -111,8 +114,12 @@ def runs(tmp_path_factory):
     interrupted = _run(base / "interrupted", kill_at=2, cache=cache, sig="SIGINT")
     resumed = _run(base / "interrupted", kill_at=-1, cache=cache)
     return {
-        "base": base, "killed_step": killed_step, "rerun": rerun, "again": again,
-        "interrupted": interrupted, "resumed": resumed,
+        "base": base,
+        "killed_step": killed_step,
+        "rerun": rerun,
+        "again": again,
+        "interrupted": interrupted,
+        "resumed": resumed,
     }
 
 
@@ -167,7 +174,7 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
 
 
 def test_resume_with_another_config_names_the_changes(runs, tmp_path, capsys):
-    import shutil  # noqa: PLC0415
+    import shutil
 
     workdir = tmp_path / "w"
     shutil.copytree(runs["base"] / "full", workdir)
@@ -194,8 +201,9 @@ def test_eval_limit_zero_disables_in_phase_evaluation_too(tmp_path):
     c.eval_limit = 0
     c.eval_every_steps = 1
     calls = []
-    train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory,
-                       eval_pairs_fn=lambda *a, **k: calls.append(1) or [])
+    train_and_evaluate(
+        c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=lambda *a, **k: calls.append(1) or []
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert not calls and not [r for r in records if r["event"] == "eval"]
 
@@ -248,8 +256,7 @@ def test_model_shape_mismatch_is_reported_before_orbax(runs):
     c = tiny_config()
     c.model.deblur_width = 8
     with pytest.raises(CheckpointError, match=r"does not match config.model(.|\n)*deblur_width: 4 vs 8"):
-        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory,
-                           eval_pairs_fn=None)
+        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory, eval_pairs_fn=None)
 
 
 def test_finetune_without_phase_checkpoints_names_what_is_missing(tmp_path, runs):
@@ -261,8 +268,7 @@ def test_finetune_without_phase_checkpoints_names_what_is_missing(tmp_path, runs
     assert "phase 'deblur': no checkpoint" in msg and "phase 'reblur': no checkpoint" in msg
     # With phase 1 done but phase 2 missing, only phase 2 is named.
     with pytest.raises(CheckpointError) as err:
-        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory,
-                           eval_pairs_fn=None)
+        train_and_evaluate(c, runs["base"] / "full", loader_factory=fake_loader_factory, eval_pairs_fn=None)
     assert "phase 'reblur': no checkpoint" in str(err.value)
     assert "phase 'deblur'" not in str(err.value)
 
@@ -281,20 +287,29 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(runs, tmp_path):
         assert ckpt.latest_step() == 6
 
 
-@pytest.mark.parametrize("photos, message", [
-    (None, r"error: photo folder .*nowhere does not exist"),
-    ([(20, 30), (300, 300)], r"error: photo tiny0.png is 20x30, smaller than the crop 64x64; lower config.data.crop_size"),
-    ([(300, 300), (200, 300)], r"error: held-out photo tiny1.png is 200x300, smaller than the test crop 256x256; "
-                               r"lower config.data.synthetic_test_crop_size"),
-    ([(300, 300), (300, 300)], r"error: config.max_checkpoints_to_keep must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "photos, message",
+    [
+        (None, r"error: photo folder .*nowhere does not exist"),
+        (
+            [(20, 30), (300, 300)],
+            r"error: photo tiny0.png is 20x30, smaller than the crop 64x64; lower config.data.crop_size",
+        ),
+        (
+            [(300, 300), (200, 300)],
+            r"error: held-out photo tiny1.png is 200x300, smaller than the test crop 256x256; "
+            r"lower config.data.synthetic_test_crop_size",
+        ),
+        ([(300, 300), (300, 300)], r"error: config.max_checkpoints_to_keep must be >= 1, got 0"),
+    ],
+)
 def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
     """train.py: a missing photo folder, a photo smaller than the training or the test crop,
     or a bad config value gives `error: ...` and exit status 2, not a traceback, before
     anything trains."""
-    import re  # noqa: PLC0415
+    import re
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     folder = tmp_path / "nowhere"
     if photos is not None:
@@ -303,9 +318,18 @@ def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
             Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(folder / f"tiny{i}.png")
     extra = ["--config.max_checkpoints_to_keep=0"] if "max_checkpoints" in message else []
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
-         f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={folder}", *extra],
-        capture_output=True, text=True, cwd=str(ROOT), timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--config=configs/quickstart.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.data_dir={folder}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -313,19 +337,31 @@ def test_train_py_bad_input_is_one_line(tmp_path, photos, message):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.data.root=x", r'error: a --config override names no config field "root"; overrides given: --config.data.root\.'),
-    ("--config.deblur.num_epoch=1", r'no config field "num_epoch" \(did you mean "num_epochs"\?\)'),
-    ("--config.deblur.lr=fast", r"error: flag --config.deblur.lr=fast: could not convert"),
-    ("--config=configs/missing.py", r"error: --config=configs/missing.py: the config file does not load: .*No such file"),
-    ("--bogus=1", r"error: Unknown command line flag 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (
+            "--config.data.root=x",
+            r'error: a --config override names no config field "root"; overrides given: --config.data.root\.',
+        ),
+        ("--config.deblur.num_epoch=1", r'no config field "num_epoch" \(did you mean "num_epochs"\?\)'),
+        ("--config.deblur.lr=fast", r"error: flag --config.deblur.lr=fast: could not convert"),
+        (
+            "--config=configs/missing.py",
+            r"error: --config=configs/missing.py: the config file does not load: .*No such file",
+        ),
+        ("--bogus=1", r"error: Unknown command line flag 'bogus'"),
+    ],
+)
 def test_train_py_bad_flags_are_one_line(tmp_path, flag, message):
-    import re  # noqa: PLC0415
+    import re
 
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'run'}", flag],
-        capture_output=True, text=True, cwd=str(ROOT), timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -336,7 +372,7 @@ def test_train_py_bad_flags_are_one_line(tmp_path, flag, message):
 def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     """A finetune finished from deblur step 6 is skipped on reruns, but once the deblur phase
     has been extended the rerun says that the finetune weights are from the older step."""
-    import shutil  # noqa: PLC0415
+    import shutil
 
     workdir = tmp_path / "w"
     shutil.copytree(runs["base"] / "full", workdir)
@@ -354,16 +390,19 @@ def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     assert "[finetune] note: started from deblur step 6, but" in out and "is now at step 8" in out
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("data.crop_size", 20, r"crop_size must be a multiple of 8 and >= 16 for the phases deblur,reblur"),
-    ("max_checkpoints_to_keep", 0, r"max_checkpoints_to_keep must be >= 1"),
-    ("eval_limit", -1, r"eval_limit must be >= 0"),
-    ("deblur.lr", -1.0, r"config.deblur: lr must be > 0"),
-    ("deblur.warmup_epochs", 9.0, r"warmup_epochs must be in \[0, num_epochs=1.5\]"),
-    ("loss", "l2", r"config.loss must be one of"),
-    ("batch_size", 0, r"config.batch_size must be >= 1, got 0"),
-    ("data.epoch_size", 0, r"config.data.epoch_size must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.crop_size", 20, r"crop_size must be a multiple of 8 and >= 16 for the phases deblur,reblur"),
+        ("max_checkpoints_to_keep", 0, r"max_checkpoints_to_keep must be >= 1"),
+        ("eval_limit", -1, r"eval_limit must be >= 0"),
+        ("deblur.lr", -1.0, r"config.deblur: lr must be > 0"),
+        ("deblur.warmup_epochs", 9.0, r"warmup_epochs must be in \[0, num_epochs=1.5\]"),
+        ("loss", "l2", r"config.loss must be one of"),
+        ("batch_size", 0, r"config.batch_size must be >= 1, got 0"),
+        ("data.epoch_size", 0, r"config.data.epoch_size must be >= 1, got 0"),
+    ],
+)
 def test_bad_config_values_fail_before_training(tmp_path, field, value, message):
     c = tiny_config()
     c.phases = "deblur,reblur"
@@ -384,7 +423,7 @@ def test_checkpoint_every_zero_means_only_at_the_end(tmp_path):
 
 
 def test_resume_with_another_batch_size_says_so(runs, tmp_path, capsys):
-    import shutil  # noqa: PLC0415
+    import shutil
 
     workdir = tmp_path / "w"
     shutil.copytree(runs["base"] / "full", workdir)

@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from tests.helpers.train_fakes import FakeLoader
 
 from aspdc_jax.models import model_from_config
 from aspdc_jax.training import (
@@ -28,13 +27,13 @@ from aspdc_jax.training import (
 )
 from aspdc_jax.training.schedules import halving_levels
 from aspdc_jax.training.sharding import replicate
+from tests.helpers.train_fakes import FakeLoader
 
 TINY = dict(deblur_width=4, reblur_width=4, num_groups=1)
 
 
 def _phase_cfg(**kw) -> ml_collections.ConfigDict:
-    base = dict(schedule="halving", lr=1e-4, min_lr=1e-6, halve_every_epochs=1000.0,
-                num_epochs=None, warmup_epochs=0.0)
+    base = dict(schedule="halving", lr=1e-4, min_lr=1e-6, halve_every_epochs=1000.0, num_epochs=None, warmup_epochs=0.0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 
@@ -121,7 +120,12 @@ def test_phase_step_lowers_loss_on_fixed_batch(tiny, phase):
     params = tiny["reblur_params"] if phase == "reblur" else tiny["deblur_params"]
     state = replicate(TrainState.create(params, tx), mesh)
     step = make_train_step(
-        phase, deblur=tiny["deblur"], reblur=tiny["reblur"], tx=tx, image_loss=mse, mesh=mesh,
+        phase,
+        deblur=tiny["deblur"],
+        reblur=tiny["reblur"],
+        tx=tx,
+        image_loss=mse,
+        mesh=mesh,
         phase_config={"reblur_weight": 0.1},
     )
     frozen_before = jax.tree_util.tree_map(np.array, tiny["reblur_params"])
@@ -148,11 +152,11 @@ def test_phase_step_lowers_loss_on_fixed_batch(tiny, phase):
 def test_finetune_loss_is_deblur_plus_lambda_reblur(tiny):
     from aspdc_jax.training import make_loss_fn
 
-    fn = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"],
-                      image_loss=mse, phase_config={"reblur_weight": 0.25})
+    fn = make_loss_fn(
+        "finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse, phase_config={"reblur_weight": 0.25}
+    )
     loss, m = jax.jit(fn)(tiny["deblur_params"], tiny["batch"], tiny["reblur_params"])
-    np.testing.assert_allclose(float(loss), float(m["deblur_loss"]) + 0.25 * float(m["reblur_loss"]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(m["deblur_loss"]) + 0.25 * float(m["reblur_loss"]), rtol=1e-6)
     assert jnp.isfinite(loss)
 
 
@@ -168,7 +172,9 @@ def test_bfloat16_compute_step_matches_float32_and_keeps_float32_state(tiny):
     assert deblur.dtype == jnp.bfloat16 and reblur.dtype == jnp.bfloat16
     args = (tiny["deblur_params"], tiny["batch"], tiny["reblur_params"])
     W = {"reblur_weight": 0.1}
-    ref, _ = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse, phase_config=W)(*args)
+    ref, _ = make_loss_fn("finetune", deblur=tiny["deblur"], reblur=tiny["reblur"], image_loss=mse, phase_config=W)(
+        *args
+    )
     got, _ = make_loss_fn("finetune", deblur=deblur, reblur=reblur, image_loss=mse, phase_config=W)(*args)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(float(got), float(ref), rtol=2e-2)
@@ -176,8 +182,7 @@ def test_bfloat16_compute_step_matches_float32_and_keeps_float32_state(tiny):
     tx = optax.adam(3e-3, eps=1e-18)
     mesh = tiny["mesh"]
     state = replicate(TrainState.create(tiny["deblur_params"], tx), mesh)
-    step = make_train_step("finetune", deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh,
-                           phase_config=W)
+    step = make_train_step("finetune", deblur=deblur, reblur=reblur, tx=tx, image_loss=mse, mesh=mesh, phase_config=W)
     extra = (replicate(tiny["reblur_params"], mesh),)
     losses = []
     for _ in range(6):

@@ -82,7 +82,7 @@ def _image_size(path: pathlib.Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except Exception as e:  # noqa: BLE001 - any decoder failure is an unreadable file
+    except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
     return h, w
 
@@ -136,7 +136,9 @@ def _split_configs(variants: dict[str, str]) -> list[tfds.core.BuilderConfig]:
     for variant, description in variants.items():
         configs.append(tfds.core.BuilderConfig(name=variant, description=description))
         for split in ("train", "test"):
-            configs.append(tfds.core.BuilderConfig(name=f"{variant}_{split}", description=f"{description}, {split} split only"))
+            configs.append(
+                tfds.core.BuilderConfig(name=f"{variant}_{split}", description=f"{description}, {split} split only")
+            )
     return configs
 
 
@@ -286,7 +288,7 @@ class SyntheticBlurStoreConfig(tfds.core.BuilderConfig):
         )
 
     @staticmethod
-    def make(**kwargs) -> "SyntheticBlurStoreConfig":
+    def make(**kwargs) -> SyntheticBlurStoreConfig:
         """A config whose name encodes every knob (so different knobs never share files)."""
         key = json.dumps(kwargs, sort_keys=True, default=str)
         return SyntheticBlurStoreConfig(name="s" + hashlib.sha1(key.encode()).hexdigest()[:12], **kwargs)
@@ -394,7 +396,7 @@ def prepare(
             f"dataset {builder_name} needs the folder holding it (train.py: config.data.data_dir; "
             "evaluate.py: --data_dir); got none"
         )
-    manual = layouts.check_data_dir(builder_name, manual_dir)
+    manual = layouts.check_data_dir(builder_name, str(manual_dir))
     if builder_name in _FOLDERS:
         root = root / "folders" / f"{builder_name}-{hashlib.sha1(str(manual).encode()).hexdigest()[:10]}"
     builder = cls(config=config, data_dir=str(root), file_format="array_record")

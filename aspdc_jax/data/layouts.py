@@ -197,7 +197,9 @@ def scan_realblur(manual_dir: str | pathlib.Path, split: str, variant: str = "J"
         if not blur.is_file():
             raise FileNotFoundError(f"{list_file}:{lineno}: blurred image {blur} does not exist")
         if not gt.is_file():
-            raise FileNotFoundError(f"{list_file}:{lineno}: blurred image {blur} has no sharp twin: {gt} does not exist")
+            raise FileNotFoundError(
+                f"{list_file}:{lineno}: blurred image {blur} has no sharp twin: {gt} does not exist"
+            )
         scene = blur.parent.parent.name
         pairs.append(PairFile(f"{scene}/{blur.stem}", blur, gt, {"scene": scene}))
     if not pairs:

@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
 from aspdc_jax.data import imageio, synthetic
 
@@ -115,7 +117,9 @@ def store_for(cfg: Any, split: str | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"{name} has the splits 'train' and 'test', got {split!r}")
         config = f"{config}_{split}"
-    return builders.prepare(builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config)
+    return builders.prepare(
+        builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config
+    )
 
 
 def _split_of(builder, wanted: str) -> str:
@@ -221,8 +225,6 @@ class TrainLoader:
 
 def _ensure_absl_flags_parsed() -> None:
     # grain worker processes read absl flags; parse them (empty) if the caller did not.
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -232,11 +234,11 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
 
     The batch per process is ``global_batch_size // jax.process_count()``.
     """
-    import jax
-
     pc, pi = jax.process_count(), jax.process_index()
     if global_batch_size <= 0 or global_batch_size % pc:
-        raise ValueError(f"global_batch_size must be a positive multiple of process_count={pc}, got {global_batch_size}")
+        raise ValueError(
+            f"global_batch_size must be a positive multiple of process_count={pc}, got {global_batch_size}"
+        )
     batch = global_batch_size // pc
     crop = int(_get(data_cfg, "crop_size", 256))
     if crop <= 0:
@@ -255,7 +257,9 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
         scales = synthetic.photo_scales(tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,))))
         sides = [min(photo.shape[:2]) for _, photo in photos]
         if not any(round(side * float(s)) >= crop for side in sides for s in scales):
-            raise ValueError(f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}")
+            raise ValueError(
+                f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}"
+            )
         scene_p = float(_get(data_cfg, "synthetic_scene_probability", 0.0))
         transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg), scales, scene_p)
     elif name in ("hide", "unpaired_folder"):
@@ -280,7 +284,9 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
     ds = ds.map_with_index(_with_index)[pi::pc]
     ds = ds.map(transform).batch(batch, drop_remainder=True)
     workers = int(_get(data_cfg, "num_workers", 0))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_get(data_cfg, "read_threads", 2)), prefetch_buffer_size=2 * batch))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=int(_get(data_cfg, "read_threads", 2)), prefetch_buffer_size=2 * batch)
+    )
     if workers > 0:
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -330,12 +336,11 @@ def _store_pairs(source: Any, count: int, name: str) -> Iterator[EvalPair]:
         ex = source[i]
         meta = json.loads(ex["meta"].decode() if isinstance(ex["meta"], bytes) else ex["meta"])
         meta["dataset"] = name
-        yield EvalPair(
-            ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"]),
-            builders.decode_example(ex, "blurred"),
-            builders.decode_example(ex, "sharp"),
-            meta,
-        )
+        pair_name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
+        blurred = builders.decode_example(ex, "blurred")
+        if blurred is None:
+            raise ValueError(f"{name}: record {pair_name} has no blurred image; prepare the store again")
+        yield EvalPair(pair_name, blurred, builders.decode_example(ex, "sharp"), meta)
 
 
 logging.getLogger("absl").setLevel(logging.WARNING)

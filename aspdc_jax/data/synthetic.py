@@ -24,18 +24,22 @@ of sharp/blurred examples.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
+import io
 import numbers
 import pathlib
 import sys
 from collections.abc import Sequence
 
 import numpy as np
+import skimage.data
+from PIL import Image
 
 from aspdc_jax.cli import FlagParser, returning_user_errors
+from aspdc_jax.data import imageio
+from aspdc_jax.data.imageio import IMAGE_EXTENSIONS
 from aspdc_jax.evaluation.metrics import psnr_numpy
 
 __all__ = [
@@ -170,15 +174,11 @@ def band_config(band: str, base: SyntheticBlurConfig = SyntheticBlurConfig()) ->
 
 
 def _skimage_data_dir() -> pathlib.Path:
-    import skimage.data
-
     return pathlib.Path(skimage.data.__file__).parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_builtin(name: str) -> np.ndarray:
-    from aspdc_jax.data import imageio
-
     if name not in _BUILTIN_FILES:
         raise ValueError(f"unknown built-in photo {name!r}; expected one of {sorted(_BUILTIN_FILES)}")
     return imageio.read_rgb8(_skimage_data_dir() / _BUILTIN_FILES[name])
@@ -202,8 +202,6 @@ def load_photos(folder: str | pathlib.Path, split: str | None = None) -> list[tu
     used; otherwise every image of ``folder`` is returned (the caller splits by image).
     Grayscale / RGBA / 16-bit files are converted to 8-bit RGB (see imageio.read_rgb8).
     """
-    from aspdc_jax.data import imageio
-
     folder = pathlib.Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"photo folder {folder} does not exist")
@@ -254,8 +252,6 @@ def rescaled_photos(
     skipped; scale 1 keeps the photo itself. Names get a ``@<scale>`` suffix (none for 1).
     Returns a list of (name, uint8 HxWx3).
     """
-    from PIL import Image
-
     out = []
     for scale in photo_scales(scales):
         for name, photo in photos:
@@ -266,7 +262,7 @@ def rescaled_photos(
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             if min(size) < min_side:
                 continue
-            resized = Image.fromarray(photo).resize(size, Image.LANCZOS)
+            resized = Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS)
             out.append((f"{name}@{scale:g}", np.asarray(resized)))
     return out
 
@@ -471,10 +467,6 @@ def _camera_pipeline(
     out = np.clip(np.rint(lin ** np.float32(1.0 / gamma) * 255.0), 0, 255).astype(np.uint8)
     quality = 0
     if rng.uniform() < config.jpeg_probability:
-        import io
-
-        from PIL import Image
-
         quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         buf = io.BytesIO()
         Image.fromarray(out).save(buf, format="JPEG", quality=quality)
@@ -745,10 +737,6 @@ def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
 def _preview(path: str, strength: float, crop_size: int, rows: int, seed: int, photo_dir: str | None) -> None:
     """Writes a grid of sharp | blurred examples of the training distribution, sorted from
     the least to the most blurred, and prints each example's drawn parameters."""
-    from PIL import Image
-
-    from aspdc_jax.data.imageio import IMAGE_EXTENSIONS
-
     out = pathlib.Path(path)
     if out.is_dir():
         raise ValueError(f"--preview {path} is a folder; give a file name such as {out / 'preview.png'}")
@@ -801,7 +789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Preview the built-in synthetic motion blur: a grid of sharp | blurred crops.",
     )
     parser.add_argument("--preview", required=True, help="output PNG: grid of sharp | blurred pairs")
-    parser.add_argument("--strength", type=float, default=1.0, help="blur strength multiplier, >= 0 (default: %(default)s)")
+    parser.add_argument(
+        "--strength", type=float, default=1.0, help="blur strength multiplier, >= 0 (default: %(default)s)"
+    )
     parser.add_argument("--crop_size", type=int, default=256, help="side of each crop in pixels (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=12, help="number of examples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

@@ -126,8 +126,13 @@ def realblur_scores(prediction: np.ndarray, truth: np.ndarray, iterations: int =
     mse = np.sum((xr - zr) ** 2) / np.sum(cr)
     psnr = psnr_from_mse(mse)
     _, ssim_map = structural_similarity(
-        xr, zr, channel_axis=-1, gaussian_weights=True, use_sample_covariance=False,
-        data_range=1.0, full=True,
+        xr,
+        zr,
+        channel_axis=-1,
+        gaussian_weights=True,
+        use_sample_covariance=False,
+        data_range=1.0,
+        full=True,
     )
     pad = 5
     s = (ssim_map * cr)[pad:-pad, pad:-pad]

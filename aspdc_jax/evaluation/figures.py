@@ -29,8 +29,15 @@ __all__ = [
 # Viridis, sampled at 9 points (linear interpolation between them is visually faithful).
 _VIRIDIS = np.array(
     [
-        [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-        [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
     ],
     np.float64,
 )
@@ -106,9 +113,12 @@ def _color_wheel() -> np.ndarray:
     ry, yg, gc, cb, bm, mr = 15, 6, 4, 11, 13, 6
     wheel = []
     for n, start, end in (
-        (ry, (255, 0, 0), (255, 255, 0)), (yg, (255, 255, 0), (0, 255, 0)),
-        (gc, (0, 255, 0), (0, 255, 255)), (cb, (0, 255, 255), (0, 0, 255)),
-        (bm, (0, 0, 255), (255, 0, 255)), (mr, (255, 0, 255), (255, 0, 0)),
+        (ry, (255, 0, 0), (255, 255, 0)),
+        (yg, (255, 255, 0), (0, 255, 0)),
+        (gc, (0, 255, 0), (0, 255, 255)),
+        (cb, (0, 255, 255), (0, 0, 255)),
+        (bm, (0, 0, 255), (255, 0, 255)),
+        (mr, (255, 0, 255), (255, 0, 0)),
     ):
         t = np.arange(n)[:, None] / n
         wheel.append(np.array(start) * (1 - t) + np.array(end) * t)
@@ -148,8 +158,12 @@ def _upsample(maps: np.ndarray, factor: int, height: int, width: int) -> np.ndar
 
 
 def attention_strip(
-    attention: np.ndarray, *, factor: int = 1, height: int | None = None,
-    width: int | None = None, gap: int = 4,
+    attention: np.ndarray,
+    *,
+    factor: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+    gap: int = 4,
 ) -> np.ndarray:
     """AFIM attention (h, w, n) in [0, 1] -> uint8 strip of n viridis maps side by side
     (each nearest-upsampled by ``factor`` and cropped to ``height x width``)."""

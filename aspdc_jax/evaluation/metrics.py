@@ -27,11 +27,13 @@ exactly scikit-image's "crop the filter radius" rule, so no padding mode is invo
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = ["SSIM_VARIANTS", "mean_abs_diff_stats", "psnr", "psnr_from_mse", "psnr_numpy", "ssim"]
 
@@ -43,19 +45,13 @@ def _check_pair(a: jax.Array, b: jax.Array, name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name}: images must have the same shape, got {a.shape} and {b.shape}")
     if a.ndim not in (3, 4):
-        raise ValueError(
-            f"{name}: expected (H, W, C) or (B, H, W, C) float images in [0, 1], "
-            f"got shape {a.shape}"
-        )
+        raise ValueError(f"{name}: expected (H, W, C) or (B, H, W, C) float images in [0, 1], got shape {a.shape}")
 
 
-def _as_float(x: jax.Array) -> jax.Array:
+def _as_float(x: ArrayLike) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"metrics expect float images in [0, 1], got dtype {x.dtype}; "
-            "convert uint8 with x / 255"
-        )
+        raise ValueError(f"metrics expect float images in [0, 1], got dtype {x.dtype}; convert uint8 with x / 255")
     # float64 stays float64 when x64 is enabled; everything else is computed in float32.
     return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
 
@@ -82,7 +78,7 @@ def psnr_numpy(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     return psnr_from_mse(err, peak)
 
 
-def psnr(a: jax.Array, b: jax.Array, *, quantize: bool = False) -> jax.Array:
+def psnr(a: ArrayLike, b: ArrayLike, *, quantize: bool = False) -> jax.Array:
     """Peak signal-to-noise ratio in dB with peak 1.
 
     Args:
@@ -108,9 +104,9 @@ def _valid_filter(x: jax.Array, taps: np.ndarray) -> jax.Array:
     """Separable 'valid' filter over axes -3 (H) and -2 (W) of (..., H, W, C)."""
     k = len(taps)
     h, w = x.shape[-3], x.shape[-2]
-    taps = [float(t) for t in taps]
-    rows = sum(taps[i] * x[..., i : i + h - k + 1, :, :] for i in range(k))
-    return sum(taps[i] * rows[..., :, i : i + w - k + 1, :] for i in range(k))
+    weights = [float(t) for t in taps]
+    rows = functools.reduce(operator.add, [weights[i] * x[..., i : i + h - k + 1, :, :] for i in range(k)])
+    return functools.reduce(operator.add, [weights[i] * rows[..., :, i : i + w - k + 1, :] for i in range(k)])
 
 
 @functools.partial(jax.jit, static_argnames=("variant",))
@@ -136,7 +132,7 @@ def _ssim(a: jax.Array, b: jax.Array, variant: str) -> jax.Array:
     return jnp.mean(s, axis=(-3, -2, -1))
 
 
-def ssim(a: jax.Array, b: jax.Array, *, variant: SsimVariant = "gaussian") -> jax.Array:
+def ssim(a: ArrayLike, b: ArrayLike, *, variant: SsimVariant = "gaussian") -> jax.Array:
     """Structural similarity, per image, averaged over channels.
 
     Args:
@@ -154,9 +150,7 @@ def ssim(a: jax.Array, b: jax.Array, *, variant: SsimVariant = "gaussian") -> ja
     _check_pair(a, b, "ssim")
     win = 11 if variant == "gaussian" else 7
     if min(a.shape[-3], a.shape[-2]) < win:
-        raise ValueError(
-            f"ssim({variant}): images must be at least {win}x{win}, got {a.shape[-3]}x{a.shape[-2]}"
-        )
+        raise ValueError(f"ssim({variant}): images must be at least {win}x{win}, got {a.shape[-3]}x{a.shape[-2]}")
     return _ssim(a, b, variant)
 
 
@@ -166,7 +160,7 @@ def _abs_diff_stats(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(d, axis=(-3, -2, -1)), jnp.var(d, axis=(-3, -2, -1))
 
 
-def mean_abs_diff_stats(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+def mean_abs_diff_stats(a: ArrayLike, b: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of ``|a - b|`` over all pixels and channels of each image.
 
     Args:
@@ -178,4 +172,3 @@ def mean_abs_diff_stats(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Arra
     a, b = _as_float(a), _as_float(b)
     _check_pair(a, b, "mean_abs_diff_stats")
     return _abs_diff_stats(a, b)
-

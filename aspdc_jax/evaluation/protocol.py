@@ -50,8 +50,12 @@ PAPER_RESULTS = {
 PAPER_TABLE3 = "paper (RTX 2080 Ti): 0.28 s, 2.25 GB per 1280x720 image"
 PAPER_TABLE4 = "paper: reblurring PSNR 55.71, SSIM 0.9997"
 DATASET_TITLES = {
-    "synthetic": "Synthetic", "gopro": "GoPro", "hide": "HIDE", "realblur_j": "RealBlur-J",
-    "realblur_r": "RealBlur-R", "paired_folder": "Folder",
+    "synthetic": "Synthetic",
+    "gopro": "GoPro",
+    "hide": "HIDE",
+    "realblur_j": "RealBlur-J",
+    "realblur_r": "RealBlur-R",
+    "paired_folder": "Folder",
 }
 
 
@@ -94,9 +98,7 @@ def peak_memory(device: Any | None = None) -> tuple[float, str]:
     return rss, "peak process RSS (CPU)"
 
 
-def measure_timing(
-    deblurrer: Deblurrer, *, height: int = 720, width: int = 1280, repeats: int = 3
-) -> dict[str, Any]:
+def measure_timing(deblurrer: Deblurrer, *, height: int = 720, width: int = 1280, repeats: int = 3) -> dict[str, Any]:
     """Table 3: mean seconds per ``height x width`` image after compilation, peak memory.
 
     The image is padded only to a multiple of 4 (720 and 1280 already are), so this is the
@@ -201,7 +203,9 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
     if not result["num_images"] and "timing" in result:  # --limit 0 --timing: timing only
         return _timing_table(result["timing"])
     if result["num_images"]:
-        lines.append(row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"]))
+        lines.append(
+            row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"])
+        )
         lines.append(row(label, result["psnr"], result["ssim"], result["ssim_official"]))
     for name, (p, s) in PAPER_RESULTS.get(result["dataset"], {}).items():
         lines.append(row(name, p, s, None))
@@ -242,8 +246,8 @@ def _timing_table(t: dict[str, Any]) -> str:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Runs the evaluation described by ``cfg``; returns what ``metrics.json`` holds."""
-    from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
     from aspdc_jax.data import eval_pairs  # noqa: PLC0415
+    from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
 
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {cfg.dataset!r}")
@@ -254,9 +258,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             f"--reblur needs a ReblurNet, but {cfg.ckpt} holds only the deblurring network "
             "(export with reblur params, or point at a train.py workdir with a reblur phase)"
         )
-    deblurrer = Deblurrer.from_loaded(
-        loaded, bucket=cfg.bucket, dtype=cfg.dtype, tile=cfg.tile, overlap=cfg.overlap
-    )
+    deblurrer = Deblurrer.from_loaded(loaded, bucket=cfg.bucket, dtype=cfg.dtype, tile=cfg.tile, overlap=cfg.overlap)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"dataset": cfg.dataset, "checkpoint": str(cfg.ckpt), "source": loaded.source}
 
@@ -264,7 +266,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         result["timing"] = measure_timing(deblurrer, repeats=cfg.timing_repeats)
 
     data_cfg = {
-        "dataset": cfg.dataset, "data_dir": cfg.data_dir, "tfds_dir": cfg.tfds_dir,
+        "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir,
+        "tfds_dir": cfg.tfds_dir,
         "gopro_variant": cfg.gopro_variant,
     }
     reblur_run = _reblur_fn(loaded.reblur) if cfg.reblur else None
@@ -365,8 +369,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         }
     if cfg.reblur:
         result["reblur"] = {
-            "psnr": means["reblur_psnr"], "ssim": means["reblur_ssim"],
-            "abs_diff_mean": means["reblur_abs_diff_mean"], "abs_diff_var": means["reblur_abs_diff_var"],
+            "psnr": means["reblur_psnr"],
+            "ssim": means["reblur_ssim"],
+            "abs_diff_mean": means["reblur_abs_diff_mean"],
+            "abs_diff_var": means["reblur_abs_diff_var"],
             "note": "ReblurNet(blurred, sharp ground truth) scored against the blurred input; "
             "|I_r - I_b| statistics per image on [0, 1], averaged over images",
         }

@@ -39,8 +39,6 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from aspdc_jax.cli import FlagParser, returning_user_errors
 from aspdc_jax.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
 
@@ -106,8 +104,7 @@ class OutputManifest:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             outputs = {
-                str(k): Source(str(v["input"]), int(v["size"]), int(v["mtime_ns"]))
-                for k, v in data["outputs"].items()
+                str(k): Source(str(v["input"]), int(v["size"]), int(v["mtime_ns"])) for k, v in data["outputs"].items()
             }
             folders = {str(k): str(v) for k, v in data.get("folders", {}).items()}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
@@ -319,9 +316,12 @@ def plan_outputs(
         key = _input_key(path)
         default = out_dir / rel
         known = [t for t in recorded.get(key, []) if t.parent == default.parent and t.resolve() not in taken]
-        target = known[0] if known else next(
-            c for c in _candidates(default, path.name)
-            if _free_for(c, key, taken, manifest, claimants, overwrite)
+        target = (
+            known[0]
+            if known
+            else next(
+                c for c in _candidates(default, path.name) if _free_for(c, key, taken, manifest, claimants, overwrite)
+            )
         )
         if target.resolve() in inputs:
             raise ValueError(
@@ -348,35 +348,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files or folders")
     parser.add_argument(
-        "--ckpt", required=True,
+        "--ckpt",
+        required=True,
         help="export folder (python -m aspdc_jax.convert) or train.py workdir / phase folder",
     )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
-        "--tile", type=int, default=1280,
+        "--tile",
+        type=int,
+        default=1280,
         help="images with a side larger than this are deblurred in overlapping tiles of this "
         "size (multiple of 4; bounds memory); 0 disables tiling (default: %(default)s)",
     )
+    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default: %(default)s)")
     parser.add_argument(
-        "--overlap", type=int, default=64, help="tile overlap in pixels (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--bucket", type=_parse_bucket, default="geometric",
+        "--bucket",
+        type=_parse_bucket,
+        default="geometric",
         help="shape-bucket policy: 'geometric', 'exact' or an int multiple (default: %(default)s)",
     )
     parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
         help="compute dtype; bfloat16 is for GPUs/TPUs (default: %(default)s)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="deblur every input again, replacing existing outputs (default: skip an output made "
         "from the same, unchanged input, and any existing file the output folder's manifest "
         "does not know)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--concurrent_schedule", action="store_true",
+        "--concurrent_schedule",
+        action="store_true",
         help="keep XLA's default concurrency-optimised CPU schedule (about 2x the peak memory); "
         "by default the memory-minimising one is selected",
     )

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -308,9 +307,7 @@ class Deblurrer:
             i += b
         return outputs
 
-    def deblur_float(
-        self, image: np.ndarray, *, tile: int | None = None, overlap: int | None = None
-    ) -> np.ndarray:
+    def deblur_float(self, image: np.ndarray, *, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
         """Like :meth:`deblur` for one uint8 (H, W, 3) image, but returns the network's
         output before quantisation: float32 (H, W, 3) in [0, 1] (for metrics)."""
         overlap = self.overlap if overlap is None else int(overlap)
@@ -382,9 +379,7 @@ class Deblurrer:
                 items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(arr)]
                 out = self._deblur_list(items, tile, overlap, progress)
                 return np.stack([_quantize(o) for o in out]) if out else np.zeros_like(arr)
-            raise ValueError(
-                f"deblur: expected uint8 (H, W, 3), (B, H, W, 3) or a list, got shape {arr.shape}"
-            )
+            raise ValueError(f"deblur: expected uint8 (H, W, 3), (B, H, W, 3) or a list, got shape {arr.shape}")
         items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(images)]
         return [_quantize(o) for o in self._deblur_list(items, tile, overlap, progress)]
 
@@ -415,6 +410,7 @@ class Deblurrer:
                 if bar is not None:
                     bar.update(len(part))
         for i in tiled:
+            assert tile is not None
             results[i] = self._deblur_tiled(images[i], tile, overlap)
             if bar is not None:
                 bar.update(1)
@@ -430,4 +426,3 @@ def load(ckpt_dir: str | Path, **kwargs: Any) -> Deblurrer:
     Raises :class:`aspdc_jax.weights.CheckpointError` for a folder without a checkpoint.
     """
     return Deblurrer.from_loaded(load_for_inference(ckpt_dir), **kwargs)
-

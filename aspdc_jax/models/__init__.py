@@ -12,8 +12,8 @@ Variables are ``{"params": ...}`` only (no batch statistics)::
 
 from aspdc_jax.models.aspdc import AFIM, ASPDC, BRANCH_DILATIONS, DeformBranch
 from aspdc_jax.models.config import ABLATIONS, MODEL_CONFIG_DEFAULTS, model_config_dict, model_from_config
-from aspdc_jax.models.init import init_params
 from aspdc_jax.models.deblur_net import DeblurGroup, DeblurNet, DeblurOutput
+from aspdc_jax.models.init import init_params
 from aspdc_jax.models.layers import ConvTranspose2x, DeformConv, ResBlock
 from aspdc_jax.models.reblur_net import ReblurNet
 

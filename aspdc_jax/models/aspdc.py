@@ -23,6 +23,8 @@ attention parameters; the reported attention is then all ones).
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,9 +61,7 @@ def validate_branches(branches: Sequence[str], branch_repeat: int, fusion: str) 
     if unknown:
         raise ValueError(f"unknown branches {unknown}; expected names from {tuple(BRANCH_DILATIONS)}")
     if len(set(branches)) != len(branches):
-        raise ValueError(
-            f"branches {tuple(branches)} repeat a name; use branch_repeat for separate copies"
-        )
+        raise ValueError(f"branches {tuple(branches)} repeat a name; use branch_repeat for separate copies")
     if not isinstance(branch_repeat, int) or branch_repeat < 1:
         raise ValueError(f"branch_repeat must be an int >= 1, got {branch_repeat!r}")
     if fusion not in FUSIONS:
@@ -94,9 +94,7 @@ class DeformBranch(nn.Module):
     def __call__(self, r: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         channels = r.shape[-1]
         if self.dilation == 0:
-            mask = jax.nn.sigmoid(
-                conv3(9, name="mask_conv", dtype=self.dtype, zero_init=self.zero_init_offsets)(r)
-            )
+            mask = jax.nn.sigmoid(conv3(9, name="mask_conv", dtype=self.dtype, zero_init=self.zero_init_offsets)(r))
             offsets = None
             dcn_offsets = None  # zero offsets: deform_conv2d's gather-free path
         else:
@@ -177,10 +175,10 @@ class ASPDC(nn.Module):
                 offset_maps.append(offsets)
         if self.fusion == "afim":
             attention = AFIM(len(names), dtype=self.dtype, name="afim")(x)
-            fused = sum(outputs[k] * attention[..., k : k + 1] for k in range(len(names)))
+            fused = functools.reduce(operator.add, [outputs[k] * attention[..., k : k + 1] for k in range(len(names))])
         else:
             attention = jnp.ones(x.shape[:-1] + (len(names),), outputs[0].dtype)
-            fused = sum(outputs)
+            fused = functools.reduce(operator.add, outputs)
         out = conv3(channels, name="fusion_conv", dtype=self.dtype)(fused) + x
         if offset_maps:
             offsets_out = jnp.concatenate(offset_maps, axis=-1)

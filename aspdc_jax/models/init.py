@@ -49,9 +49,7 @@ def init_params(module: nn.Module, rng: jax.Array, *inputs: Any) -> PyTree:
     leaves = _leaf_paths(shapes)
     xavier: list[int] = []
     for i, (path, leaf) in enumerate(leaves):
-        if path[-1] == "bias" or (
-            path[-1] == "kernel" and zero_offsets and path[-2] in _ZERO_INIT_PARENTS
-        ):
+        if path[-1] == "bias" or (path[-1] == "kernel" and zero_offsets and path[-2] in _ZERO_INIT_PARENTS):
             continue
         if path[-1] == "kernel" and len(leaf.shape) in (4, 5):  # 5-D: stacked groups
             xavier.append(i)

@@ -101,8 +101,7 @@ class ReblurNet(nn.Module):
         sshape = tuple(getattr(sharp, "shape", ()))
         if len(bshape) != 4 or bshape[-1] != 3 or bshape != sshape:
             raise ValueError(
-                f"ReblurNet expects blurred and sharp images of the same shape (B, H, W, 3), "
-                f"got {bshape} and {sshape}"
+                f"ReblurNet expects blurred and sharp images of the same shape (B, H, W, 3), got {bshape} and {sshape}"
             )
         if bshape[1] % 8 or bshape[2] % 8 or bshape[1] < 16 or bshape[2] < 16:
             raise ValueError(

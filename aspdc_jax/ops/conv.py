@@ -35,9 +35,7 @@ def _conv(x, kernel, geometry):
     )
 
 
-def tap_windows(
-    x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry: tuple
-) -> list[jax.Array]:
+def tap_windows(x: jax.Array, kernel_hw: tuple[int, int], out_hw: tuple[int, int], geometry: tuple) -> list[jax.Array]:
     """``(B, H, W, C)`` -> ``kh*kw`` arrays ``(B*Ho*Wo, C)``: the input each tap sees.
 
     ``geometry = (stride, ((top, bottom), (left, right)), lhs_dilation, rhs_dilation)``,
@@ -53,15 +51,14 @@ def tap_windows(
     # Pad the far end so every strided tap slice stays inside the array.
     need_h = (out_h - 1) * stride[0] + (kh - 1) * rhs_dilation[0] + 1
     need_w = (out_w - 1) * stride[1] + (kw - 1) * rhs_dilation[1] + 1
-    xp = jnp.pad(
-        xp, ((0, 0), (0, max(0, need_h - xp.shape[1])), (0, max(0, need_w - xp.shape[2])), (0, 0))
-    )
+    xp = jnp.pad(xp, ((0, 0), (0, max(0, need_h - xp.shape[1])), (0, max(0, need_w - xp.shape[2])), (0, 0)))
     windows = []
     for ky in range(kh):
         for kx in range(kw):
             y0, x0 = ky * rhs_dilation[0], kx * rhs_dilation[1]
-            window = xp[:, y0 : y0 + (out_h - 1) * stride[0] + 1 : stride[0],
-                        x0 : x0 + (out_w - 1) * stride[1] + 1 : stride[1]]
+            window = xp[
+                :, y0 : y0 + (out_h - 1) * stride[0] + 1 : stride[0], x0 : x0 + (out_w - 1) * stride[1] + 1 : stride[1]
+            ]
             windows.append(window.reshape(-1, x.shape[-1]))
     return windows
 
@@ -89,15 +86,15 @@ def _conv2d_bwd(geometry, residuals, d_out):
         kh, kw, channels, out_channels = kernel.shape
         accum = jnp.promote_types(d_out.dtype, jnp.float32)
         d_flat = d_out.reshape(-1, out_channels)
-        d_kernel = jnp.stack([
-            jnp.dot(window.T, d_flat, preferred_element_type=accum)
-            for window in tap_windows(x, (kh, kw), d_out.shape[1:3], geometry)
-        ])  # one (C, P) @ (P, O) matmul per tap: no (P, k*k*C) patch matrix
+        d_kernel = jnp.stack(
+            [
+                jnp.dot(window.T, d_flat, preferred_element_type=accum)
+                for window in tap_windows(x, (kh, kw), d_out.shape[1:3], geometry)
+            ]
+        )  # one (C, P) @ (P, O) matmul per tap: no (P, k*k*C) patch matrix
         return d_x, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
-    return lax.platform_dependent(
-        x, kernel, d_out, cpu=im2col_gradients, default=xla_gradients
-    )
+    return lax.platform_dependent(x, kernel, d_out, cpu=im2col_gradients, default=xla_gradients)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -133,10 +130,7 @@ def conv2d(
       XLA's to float rounding.
     """
     if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
-        raise ValueError(
-            f"conv2d needs x (B, H, W, C) and kernel (kh, kw, C, O); got {x.shape} and "
-            f"{kernel.shape}"
-        )
+        raise ValueError(f"conv2d needs x (B, H, W, C) and kernel (kh, kw, C, O); got {x.shape} and {kernel.shape}")
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     geometry = (
         pair(stride, "stride"),

@@ -30,6 +30,7 @@ result is exactly a dense convolution.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -43,9 +44,7 @@ __all__ = ["deform_conv2d", "deform_conv_output_size"]
 IntPair = int | Sequence[int]
 
 
-def deform_conv_output_size(
-    size: int, kernel_size: int, stride: int, padding: int, dilation: int
-) -> int:
+def deform_conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
     """Output length of a convolution along one axis (PyTorch's formula)."""
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
@@ -78,8 +77,7 @@ def _check_shapes(
         )
     if offset_groups < 1 or channels % offset_groups:
         raise ValueError(
-            f"input channels {channels} (inputs shape {ishape}) are not divisible by "
-            f"offset_groups={offset_groups}"
+            f"input channels {channels} (inputs shape {ishape}) are not divisible by offset_groups={offset_groups}"
         )
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(
@@ -110,10 +108,7 @@ def _check_shapes(
                 f"got {tuple(mask.shape)}"
             )
     if bias is not None and tuple(bias.shape) != (kshape[3],):
-        raise ValueError(
-            f"bias must have shape ({kshape[3]},) to match kernel {kshape}, got "
-            f"{tuple(bias.shape)}"
-        )
+        raise ValueError(f"bias must have shape ({kshape[3]},) to match kernel {kshape}, got {tuple(bias.shape)}")
     return out_h, out_w
 
 
@@ -191,9 +186,7 @@ def _sampling_plan(
             cy, cx = y0 + dy, x0 + dx
             valid = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
             weights.append(jnp.where(valid, wy * wx, 0))
-            pixels.append(
-                image + jnp.clip(cy, 0, height - 1) * width + jnp.clip(cx, 0, width - 1)
-            )
+            pixels.append(image + jnp.clip(cy, 0, height - 1) * width + jnp.clip(cx, 0, width - 1))
     weight = jnp.stack(weights, axis=-1)  # (B, Ho, Wo, G, K, 4)
     if mask is not None:
         weight = weight * mask.astype(coord_dtype).reshape(batch, out_h, out_w, groups, taps, 1)
@@ -208,10 +201,8 @@ def _gather_sum(table: jax.Array, rows: jax.Array, weight: jax.Array) -> jax.Arr
     innermost, reading each gathered row contiguously and writing only the result.
     """
     weight = weight.astype(table.dtype)
-    return sum(
-        jnp.take(table, rows[:, j], axis=0, mode="clip") * weight[:, j : j + 1]
-        for j in range(rows.shape[1])
-    )
+    terms = [jnp.take(table, rows[:, j], axis=0, mode="clip") * weight[:, j : j + 1] for j in range(rows.shape[1])]
+    return functools.reduce(operator.add, terms)
 
 
 def _materialized(fn: Any, pixels: jax.Array, *args: jax.Array) -> jax.Array:
@@ -226,13 +217,9 @@ def _materialized(fn: Any, pixels: jax.Array, *args: jax.Array) -> jax.Array:
     shape = jax.eval_shape(fn, *args)
 
     def behind_cond(pixels, *args):
-        return jax.lax.cond(
-            pixels[0, 0] >= 0, fn, lambda *_: jnp.zeros(shape.shape, shape.dtype), *args
-        )
+        return jax.lax.cond(pixels[0, 0] >= 0, fn, lambda *_: jnp.zeros(shape.shape, shape.dtype), *args)
 
-    return jax.lax.platform_dependent(
-        pixels, *args, cpu=behind_cond, default=lambda pixels, *args: fn(*args)
-    )
+    return jax.lax.platform_dependent(pixels, *args, cpu=behind_cond, default=lambda pixels, *args: fn(*args))
 
 
 def _gather_dot(table: jax.Array, rows: jax.Array, vectors: jax.Array) -> jax.Array:
@@ -253,7 +240,7 @@ def _kernel_rows(
     shapes ``(P, G*k*4)``; both passes of the deformable conv iterate over these.
     """
     n = pixels.shape[0]
-    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)  # noqa: E731
+    by_row = lambda a: a.reshape(n, groups, kernel_size, kernel_size, 4)
     tap_in_row = jnp.arange(kernel_size, dtype=pixels.dtype)[:, None]  # (kx, corner)
     for ky in range(kernel_size):
         rows = by_row(pixels)[:, :, ky] * kernel_size + tap_in_row
@@ -287,7 +274,7 @@ def _deform_conv_forward(inputs, offsets, mask, kernel, geometry):
         if out is None:
             out = _materialized(_gather_sum, pixels, table, rows, row_weight)
         else:
-            add = lambda t, r, w, acc: acc + _gather_sum(t, r, w)  # noqa: E731
+            add = lambda t, r, w, acc: acc + _gather_sum(t, r, w)
             out = _materialized(add, pixels, table, rows, row_weight, out)
     return out
 
@@ -308,7 +295,9 @@ def _deform_conv_bwd(geometry, residuals, d_out):
     accum = d_out.dtype
     # Integer pixels ride along as aux; only the weights are differentiated.
     weight, plan_vjp, pixels = jax.vjp(
-        lambda o, m: _sampling_plan(o, m, geometry, inputs.shape[1:3]), offsets, mask,
+        lambda o, m: _sampling_plan(o, m, geometry, inputs.shape[1:3]),
+        offsets,
+        mask,
         has_aux=True,
     )
     n = pixels.shape[0]
@@ -321,15 +310,15 @@ def _deform_conv_bwd(geometry, residuals, d_out):
         table = _projection(inputs, kernel[ky : ky + 1], groups, accum)
         d_weight.append(_gather_dot(table, rows, d_out))
         # Materialized updates: XLA:CPU's scatter runs ~1.5x slower with them fused in.
-        d_table = jnp.zeros_like(table).at[rows.reshape(-1)].add(
-            _materialized(updates, pixels, row_weight, d_out), mode="promise_in_bounds"
+        d_table = (
+            jnp.zeros_like(table)
+            .at[rows.reshape(-1)]
+            .add(_materialized(updates, pixels, row_weight, d_out), mode="promise_in_bounds")
         )
         d_x, d_k = _projection_transpose(d_table, inputs, kernel[ky : ky + 1], groups)
         d_inputs = d_x if d_inputs is None else d_inputs + d_x
         d_kernel.append(d_k)
-    d_weight = jnp.stack(
-        [d.reshape(n, groups, kernel_size, 4) for d in d_weight], axis=2
-    ).reshape(weight.shape)
+    d_weight = jnp.stack([d.reshape(n, groups, kernel_size, 4) for d in d_weight], axis=2).reshape(weight.shape)
     d_offsets, d_mask = plan_vjp(d_weight.astype(weight.dtype))
     return (
         d_inputs.astype(inputs.dtype),
@@ -408,9 +397,7 @@ def deform_conv2d(
         pair(padding, "padding"),
         pair(dilation, "dilation"),
     )
-    out_h, out_w = _check_shapes(
-        inputs, offsets, mask, kernel, bias, stride_, padding_, dilation_, offset_groups
-    )
+    out_h, out_w = _check_shapes(inputs, offsets, mask, kernel, bias, stride_, padding_, dilation_, offset_groups)
     batch = inputs.shape[0]
     kernel_size, _, channels, out_channels = kernel.shape
     accum = jnp.promote_types(inputs.dtype, jnp.float32)

@@ -30,20 +30,13 @@ def dynamic_filter(inputs: jax.Array, kernel_logits: jax.Array) -> jax.Array:
     """
     ishape, lshape = tuple(inputs.shape), tuple(kernel_logits.shape)
     if len(ishape) != 4 or len(lshape) != 4:
-        raise ValueError(
-            f"inputs (B, H, W, C) and kernel_logits (B, H, W, k*k) must be 4-D, got "
-            f"{ishape} and {lshape}"
-        )
+        raise ValueError(f"inputs (B, H, W, C) and kernel_logits (B, H, W, k*k) must be 4-D, got {ishape} and {lshape}")
     if ishape[:3] != lshape[:3]:
-        raise ValueError(
-            f"inputs {ishape} and kernel_logits {lshape} disagree on (B, H, W)"
-        )
+        raise ValueError(f"inputs {ishape} and kernel_logits {lshape} disagree on (B, H, W)")
     taps = lshape[3]
     k = math.isqrt(taps)
     if k * k != taps or k % 2 == 0:
-        raise ValueError(
-            f"kernel_logits must have k*k channels for an odd k (9 for 3x3), got {taps}"
-        )
+        raise ValueError(f"kernel_logits must have k*k channels for an odd k (9 for 3x3), got {taps}")
     r = k // 2
     _, height, width, _ = ishape
     if r and (height <= r or width <= r):

@@ -11,7 +11,6 @@ JSONL/TensorBoard and :mod:`.validation` the held-out PSNR during and after a ph
 """
 
 from aspdc_jax.training.checkpoints import PhaseCheckpoints
-from aspdc_jax.training.losses import charbonnier, get_loss, imagenet_mse, mse
 from aspdc_jax.training.loop import (
     NonFiniteLossError,
     TrainingInterrupted,
@@ -19,6 +18,7 @@ from aspdc_jax.training.loop import (
     run_phase,
     train_and_evaluate,
 )
+from aspdc_jax.training.losses import charbonnier, get_loss, imagenet_mse, mse
 from aspdc_jax.training.phases import PHASE_TABLE, PHASES, Phase, get_phase
 from aspdc_jax.training.schedules import make_schedule, steps_per_epoch
 from aspdc_jax.training.sharding import make_mesh, maybe_initialize_distributed

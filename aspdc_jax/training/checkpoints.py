@@ -28,9 +28,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aspdc_jax.weights import CheckpointError, PhaseFolder
 from aspdc_jax.training.phases import PHASES
 from aspdc_jax.training.state import param_shapes
+from aspdc_jax.weights import CheckpointError, PhaseFolder
 
 __all__ = [
     "PhaseCheckpoints",
@@ -81,7 +81,7 @@ def check_shapes(
     lines = [f"{what}: the checkpoint's model does not match config.model."]
     if checkpoint_model is not None or config_model is not None:
         changed = {
-            k: (checkpoint_model.get(k) if checkpoint_model else None, config_model.get(k))
+            k: ((checkpoint_model or {}).get(k), (config_model or {}).get(k))
             for k in sorted(set(checkpoint_model or {}) | set(config_model or {}))
             if (checkpoint_model or {}).get(k) != (config_model or {}).get(k)
         }
@@ -98,9 +98,7 @@ def check_shapes(
         lines.append(f"  {len(missing)} parameters missing in the checkpoint, e.g. {missing[:3]}")
     if extra:
         lines.append(f"  {len(extra)} parameters only in the checkpoint, e.g. {extra[:3]}")
-    lines.append(
-        "  Use the config.model the checkpoint was trained with, or a fresh --workdir."
-    )
+    lines.append("  Use the config.model the checkpoint was trained with, or a fresh --workdir.")
     raise CheckpointError("\n".join(lines))
 
 
@@ -122,7 +120,9 @@ class PhaseCheckpoints(PhaseFolder):
         if self.read_only:
             return super()._options()
         return ocp.CheckpointManagerOptions(
-            max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False,
+            max_to_keep=self.max_to_keep,
+            create=True,
+            enable_async_checkpointing=False,
             cleanup_tmp_directories=True,
         )
 
@@ -150,8 +150,8 @@ class PhaseCheckpoints(PhaseFolder):
         }
         if frozen is not None:
             items["frozen"] = ocp.args.StandardSave(frozen)
-        self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
-        self._mngr.wait_until_finished()
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self.manager.wait_until_finished()
 
     def restore(
         self,
@@ -175,7 +175,7 @@ class PhaseCheckpoints(PhaseFolder):
                 args[name] = ocp.args.StandardRestore(target)
             else:
                 args[name] = ocp.args.JsonRestore()
-        restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         out = {name: restored[name] for name in items}
         if "data" in out and out["data"] is not None:
             out["data"] = decode_data_state(out["data"].get("state"))
@@ -186,8 +186,7 @@ def _abstract(x: Any) -> Any:
     if isinstance(x, jax.ShapeDtypeStruct):
         return x
     sharding = getattr(x, "sharding", None)
-    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype,
-                                sharding=sharding)
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype, sharding=sharding)
 
 
 def shapes_of(params: PyTree) -> dict[str, list[int]]:

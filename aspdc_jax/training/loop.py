@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +30,6 @@ from aspdc_jax.data import make_train_loader
 from aspdc_jax.images import to_model
 from aspdc_jax.models import model_config_dict, model_from_config
 from aspdc_jax.models.config import compute_dtype
-from aspdc_jax.trees import flatten
 from aspdc_jax.training import checkpoints as ckpt_lib
 from aspdc_jax.training.losses import get_loss
 from aspdc_jax.training.phases import PHASES, Phase, get_phase
@@ -41,6 +39,7 @@ from aspdc_jax.training.state import TrainState, init_params, make_optimizer, pa
 from aspdc_jax.training.steps import make_eval_fns, make_train_step
 from aspdc_jax.training.summaries import MetricsWriter, image_grid
 from aspdc_jax.training.validation import evaluate_pairs
+from aspdc_jax.trees import flatten
 from aspdc_jax.weights import CheckpointError
 
 __all__ = [
@@ -62,7 +61,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint was kept."""
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 (not an error: the user asked to stop)
+class TrainingInterrupted(Exception):
     """SIGINT (Ctrl-C) or SIGTERM stopped a phase after a saved step; rerun to resume.
 
     ``signum`` is the signal; the conventional exit status is ``128 + signum``.
@@ -108,11 +107,21 @@ class _StopRequests:
 
 # Config fields that may change between a run and its resumption without a note: logging,
 # checkpoint cadence, evaluation, phase selection and where data/stores live.
-_RESUME_FREE_KEYS = frozenset({
-    "phases", "progress_bar", "log_every_steps", "checkpoint_every_steps", "image_every_steps",
-    "eval_every_steps", "eval_limit", "eval_split", "max_checkpoints_to_keep",
-    "data.num_workers", "data.tfds_dir",
-})
+_RESUME_FREE_KEYS = frozenset(
+    {
+        "phases",
+        "progress_bar",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "image_every_steps",
+        "eval_every_steps",
+        "eval_limit",
+        "eval_split",
+        "max_checkpoints_to_keep",
+        "data.num_workers",
+        "data.tfds_dir",
+    }
+)
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], phase: str) -> list[str]:
@@ -132,17 +141,14 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], phase: 
 
 
 def parse_phases(phases: str | Iterable[str]) -> tuple[str, ...]:
-    """"deblur,reblur" -> ("deblur", "reblur"), validated, in the phase table's order."""
+    """ "deblur,reblur" -> ("deblur", "reblur"), validated, in the phase table's order."""
     if isinstance(phases, str):
         names = [p.strip() for p in phases.split(",") if p.strip()]
     else:
         names = [str(p).strip() for p in phases]
     bad = [p for p in names if p not in PHASES]
     if bad or not names:
-        raise ValueError(
-            f"config.phases must be a comma-separated subset of {','.join(PHASES)}, got "
-            f"{phases!r}"
-        )
+        raise ValueError(f"config.phases must be a comma-separated subset of {','.join(PHASES)}, got {phases!r}")
     return tuple(p for p in PHASES if p in names)
 
 
@@ -199,12 +205,19 @@ def _open_run(phase: Phase, config, workdir: Path, nets, mesh, loader_factory: L
     spe = steps_per_epoch(int(loader.num_examples), int(config.batch_size))
     rng = jax.random.fold_in(jax.random.key(int(config.seed)), phase.index)
     run = _Run(
-        phase=phase, config=config, workdir=workdir, mesh=mesh, nets=nets,
+        phase=phase,
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        nets=nets,
         ckpt=ckpt_lib.PhaseCheckpoints(
             ckpt_lib.phase_dir(workdir, phase.name), max_to_keep=int(config.max_checkpoints_to_keep)
         ),
-        loader=loader, schedule=make_schedule(config[phase.name], steps_per_epoch=spe), rng=rng,
-        shapes={}, model_config=model_config_dict(nets["deblur"], nets["reblur"]),
+        loader=loader,
+        schedule=make_schedule(config[phase.name], steps_per_epoch=spe),
+        rng=rng,
+        shapes={},
+        model_config=model_config_dict(nets["deblur"], nets["reblur"]),
         config_json=ckpt_lib.config_to_json(config),
     )
     run.shapes["params"] = param_shapes(run.abstract(phase.network))
@@ -221,8 +234,11 @@ def _check_checkpoint(run: _Run, step: int) -> dict[str, Any]:
     saved_shapes = {"params": meta["param_shapes"], "frozen": meta.get("frozen_shapes")}
     for item, shapes in run.shapes.items():
         ckpt_lib.check_shapes(
-            shapes, saved_shapes[item], what=what + (" (frozen network)" if item == "frozen" else ""),
-            checkpoint_model=meta.get("model_config"), config_model=run.model_config,
+            shapes,
+            saved_shapes[item],
+            what=what + (" (frozen network)" if item == "frozen" else ""),
+            checkpoint_model=meta.get("model_config"),
+            config_model=run.model_config,
         )
     spe = run.schedule.steps_per_epoch
     if meta.get("steps_per_epoch") not in (None, spe):
@@ -266,7 +282,7 @@ def _load_handoff(run: _Run) -> tuple[dict[str, PyTree], dict[str, int]]:
         ckpt = ckpt_lib.PhaseCheckpoints(directory, read_only=True)
         step = ckpt.latest_step()
         meta = ckpt.meta(step) if step is not None else None
-        if meta is None:
+        if step is None or meta is None:
             problems.append(f"phase '{source}': no checkpoint in {directory}")
         elif not meta.get("finished"):
             problems.append(f"phase '{source}': unfinished (step {step} of {meta.get('total_steps')}) in {directory}")
@@ -278,15 +294,19 @@ def _load_handoff(run: _Run) -> tuple[dict[str, PyTree], dict[str, int]]:
         sources = ",".join(run.phase.hands_off_from.values())
         raise CheckpointError(
             f"{run.name} starts from the final checkpoints of phases "
-            f"{', '.join(repr(s) for s in run.phase.hands_off_from.values())}, but:\n  " + "\n  ".join(problems)
+            f"{', '.join(repr(s) for s in run.phase.hands_off_from.values())}, but:\n  "
+            + "\n  ".join(problems)
             + f"\nRun them first with the same --workdir (e.g. --config.phases={sources}), or run all "
             "phases (the default)."
         )
     trees, steps = {}, {}
     for item, (source, ckpt, step, meta) in found.items():
         ckpt_lib.check_shapes(
-            run.shapes[item], meta["param_shapes"], what=f"{run.name} hand-off from {ckpt.directory} (step {step})",
-            checkpoint_model=meta.get("model_config"), config_model=run.model_config,
+            run.shapes[item],
+            meta["param_shapes"],
+            what=f"{run.name} hand-off from {ckpt.directory} (step {step})",
+            checkpoint_model=meta.get("model_config"),
+            config_model=run.model_config,
         )
         trees[item] = replicate(ckpt.restore(step, items=("params",))["params"], run.mesh)
         steps[source] = int(step)
@@ -392,8 +412,13 @@ class _Checkpointer:
         if self.start.started_from is not None:
             meta["started_from"] = self.start.started_from
         run.ckpt.save(
-            step, params=state.params, opt_state=state.opt_state, frozen=self.start.frozen, meta=meta,
-            config_json=run.config_json, data_state=iterator.get_state(),
+            step,
+            params=state.params,
+            opt_state=state.opt_state,
+            frozen=self.start.frozen,
+            meta=meta,
+            config_json=run.config_json,
+            data_state=iterator.get_state(),
         )
         self.last_saved = step
 
@@ -416,7 +441,8 @@ class _MetricsAverager:
             last = self.checkpointer.last_saved
             keep = (
                 f"the last good checkpoint (step {last}) in {self.run.ckpt.directory} was kept"
-                if last is not None else "no checkpoint of this phase had been written yet"
+                if last is not None
+                else "no checkpoint of this phase had been written yet"
             )
             raise NonFiniteLossError(
                 f"[{self.run.name}] non-finite training metrics at step {step}: {bad}; stopping, "
@@ -474,7 +500,12 @@ def _train_steps(run: _Run, start: _Start, tx, eval_fns, writer: MetricsWriter, 
     config = run.config
     deblur, reblur = compute_modules(config, run.nets["deblur"], run.nets["reblur"])
     step_fn = make_train_step(
-        run.phase, deblur=deblur, reblur=reblur, tx=tx, image_loss=get_loss(config.loss), mesh=run.mesh,
+        run.phase,
+        deblur=deblur,
+        reblur=reblur,
+        tx=tx,
+        image_loss=get_loss(config.loss),
+        mesh=run.mesh,
         phase_config=config[run.name],
     )
     frozen_args = (start.frozen,) if run.phase.frozen is not None else ()
@@ -593,7 +624,11 @@ def run_phase(
     t_start = time.time()
     workdir = Path(workdir).expanduser().absolute()
     run = _open_run(get_phase(phase), config, workdir, {"deblur": deblur, "reblur": reblur}, mesh, loader_factory)
-    summary: dict[str, Any] = {"phase": run.name, "total_steps": run.total, "steps_per_epoch": run.schedule.steps_per_epoch}
+    summary: dict[str, Any] = {
+        "phase": run.name,
+        "total_steps": run.total,
+        "steps_per_epoch": run.schedule.steps_per_epoch,
+    }
     latest = run.ckpt.latest_step()
     tx = make_optimizer(config, run.schedule.fn)
     if latest is not None:
@@ -616,7 +651,9 @@ def run_phase(
     summary.update(skipped=False, start_step=start.step, final_step=step, seconds=seconds)
     if evaluate is not None:
         summary["eval"] = evaluate(state.params, step)
-    print(f"[{run.name}] finished: step {step}/{run.total} in {seconds:.0f} s, saved in {run.ckpt.directory}", flush=True)
+    print(
+        f"[{run.name}] finished: step {step}/{run.total} in {seconds:.0f} s, saved in {run.ckpt.directory}", flush=True
+    )
     writer.write(step, "phase_end", {"seconds": seconds, "start_step": start.step})
     writer.close()
     return summary
@@ -678,8 +715,14 @@ def train_and_evaluate(
         eval_pairs_fn(config.data, split=str(config.eval_split), limit=int(config.eval_limit))
     return {
         phase: run_phase(
-            phase, config, workdir, deblur=deblur, reblur=reblur, mesh=mesh,
-            loader_factory=loader_factory or make_train_loader, eval_pairs_fn=eval_pairs_fn,
+            phase,
+            config,
+            workdir,
+            deblur=deblur,
+            reblur=reblur,
+            mesh=mesh,
+            loader_factory=loader_factory or make_train_loader,
+            eval_pairs_fn=eval_pairs_fn,
         )
         for phase in phases
     }

@@ -103,8 +103,12 @@ PHASE_TABLE: tuple[Phase, ...] = (
     Phase("deblur", network="deblur", loss=deblur_loss),
     Phase("reblur", network="reblur", loss=reblur_loss, evaluates="reblur"),
     Phase(
-        "finetune", network="deblur", loss=consistency_loss, frozen="reblur",
-        init_from="deblur", frozen_from="reblur",
+        "finetune",
+        network="deblur",
+        loss=consistency_loss,
+        frozen="reblur",
+        init_from="deblur",
+        frozen_from="reblur",
     ),
 )
 

@@ -113,6 +113,4 @@ def make_schedule(phase_cfg: ml_collections.ConfigDict, *, steps_per_epoch: int)
         def fn(step):
             return jnp.asarray(base(jnp.asarray(step)), jnp.float32)
 
-    return PhaseSchedule(
-        fn=fn, total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs
-    )
+    return PhaseSchedule(fn=fn, total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)

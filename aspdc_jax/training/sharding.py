@@ -86,9 +86,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` on all devices of ``mesh`` (replicated)."""
     sharding = replicated_sharding(mesh)
     return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_callback(
-            np.shape(x), sharding, lambda idx, x=np.asarray(x): x[idx]
-        ),
+        lambda x: _replicated_array(np.asarray(x), sharding),
         jax.device_get(tree),
     )
 
@@ -112,3 +110,7 @@ def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str
             )
         out[key] = jax.make_array_from_process_local_data(sharding, value)
     return out
+
+
+def _replicated_array(x: np.ndarray, sharding: Any) -> jax.Array:
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])

@@ -69,7 +69,8 @@ def make_optimizer(
     mult = float(config.get("offset_lr_multiplier", 1.0))
     if mult != 1.0:
         scale_sampling = optax.masked(
-            optax.scale(mult), lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _is_sampling_leaf(p), params)
+            optax.scale(mult),
+            lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _is_sampling_leaf(p), params),
         )
         parts.append(scale_sampling)
     return parts[0] if len(parts) == 1 else optax.chain(*parts)

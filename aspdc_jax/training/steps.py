@@ -13,14 +13,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
 from aspdc_jax.images import to_model
 from aspdc_jax.training.losses import LossFn
-from aspdc_jax.training.sharding import batch_sharding, replicated_sharding
 from aspdc_jax.training.phases import Phase, get_phase
+from aspdc_jax.training.sharding import batch_sharding, replicated_sharding
 from aspdc_jax.training.state import TrainState
 
 __all__ = ["make_eval_fns", "make_loss_fn", "make_train_step"]
@@ -79,9 +78,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         # param_norm turns inf when an update blew the params up, so the NaN guard stops
         # before such params are checkpointed.
-        metrics = dict(
-            metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params)
-        )
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
@@ -89,9 +86,7 @@ def make_train_step(
     data = batch_sharding(mesh)
     donate_argnums = (0,) if donate else ()
     if phase.frozen is not None:
-        return jax.jit(
-            step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=donate_argnums
-        )
+        return jax.jit(step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=donate_argnums)
     return jax.jit(
         lambda state, batch: step(state, batch),
         in_shardings=(repl, data),

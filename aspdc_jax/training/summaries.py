@@ -56,9 +56,7 @@ class MetricsWriter:
     "train" (averages since the last record), "eval" (test-pair PSNR) or "phase_end".
     """
 
-    def __init__(
-        self, workdir: str | Path, phase: str, *, tensorboard: bool = True, resume_step: int | None = None
-    ):
+    def __init__(self, workdir: str | Path, phase: str, *, tensorboard: bool = True, resume_step: int | None = None):
         """``resume_step``: the step this phase resumes from (0: it starts afresh). This
         phase's records after it (written before a crash, or by a run whose checkpoints were
         deleted) are dropped from the JSONL, and TensorBoard is told to purge its events
@@ -73,7 +71,7 @@ class MetricsWriter:
         workdir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             _drop_records_after(workdir / "metrics.jsonl", phase, resume_step)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
@@ -81,7 +79,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(logdir=str(workdir / "tensorboard" / phase), purge_step=purge)
 
     def write(self, step: int, event: str, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self._jsonl is None:
             return
         record = {"phase": self.phase, "step": int(step), "event": event, "time": time.time()}
         record.update({k: _plain(v) for k, v in metrics.items()})

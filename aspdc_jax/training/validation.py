@@ -70,7 +70,9 @@ def evaluate_pairs(
     result: dict[str, Any] = _means(out_psnrs, in_psnrs)
     if any(b is not None for b in bands):
         result["per_band"] = {
-            band: _means([o for o, b in zip(out_psnrs, bands) if b == band], [i for i, b in zip(in_psnrs, bands) if b == band])
+            band: _means(
+                [o for o, b in zip(out_psnrs, bands) if b == band], [i for i, b in zip(in_psnrs, bands) if b == band]
+            )
             for band in dict.fromkeys(b for b in bands if b is not None)
         }
     return result

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.weights import save_export
 from aspdc_jax.models import model_config_dict, model_from_config
+from aspdc_jax.weights import save_export
 
 TINY_MODEL = {"deblur_width": 4, "reblur_width": 4, "num_groups": 1}
 
@@ -57,7 +57,7 @@ def tiny_export(directory: Path, seed: int = 0, with_reblur: bool = True) -> Pat
 
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A uint8 (h, w, 3) image with some structure (blurry noise), not pure noise."""
-    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+    from scipy.ndimage import gaussian_filter
 
     img = rng.integers(0, 256, (h, w, 3)).astype(np.float32)
     img = gaussian_filter(img, (2, 2, 0)) * 1.5 - 64
