@@ -59,6 +59,17 @@ flags.DEFINE_bool(
     "Write OUT/figures/: the last ASPDC module's attention maps (Fig. 8), its offset fields as "
     "flow-colour images, and with --reblur the difference maps (Fig. 7).",
 )
+flags.DEFINE_bool(
+    "self_ensemble",
+    False,
+    "Geometric x8 self-ensemble (BasicSR / MAXIM): average the outputs of the 8 flips and "
+    "transposes, in one compiled function per shape; the table labels the row x8.",
+)
+flags.DEFINE_integer(
+    "crop_border",
+    0,
+    "Pixels dropped on each side before the Y-channel scores psnr_y / ssim_y (BasicSR's crop_border).",
+)
 flags.DEFINE_integer("num_figures", 4, "How many images get figures.")
 flags.DEFINE_bool(
     "timing",
@@ -115,8 +126,11 @@ def main(argv: list[str]) -> None:
             dtype=FLAGS.dtype,
             progress=FLAGS.progress,
             compare=FLAGS.compare,
+            crop_border=FLAGS.crop_border,
+            self_ensemble=FLAGS.self_ensemble,
         )
         result = evaluation.evaluate(cfg)
+    print(f"scored: {result['source']}" + (" with the x8 self-ensemble" if result["self_ensemble"] else ""))
     print(evaluation.format_table(result))
     print(f"\nwrote {FLAGS.out}/metrics.json" + (" and per_image.csv" if result["num_images"] else ""))
 

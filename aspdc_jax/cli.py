@@ -18,6 +18,7 @@ __all__ = [
     "print_user_error",
     "reporting_user_errors",
     "returning_user_errors",
+    "show_progress",
 ]
 
 # Raised for bad input (a missing folder or checkpoint, a wrong config value, an image
@@ -51,6 +52,12 @@ def returning_user_errors(main: Callable[[], int], *extra: type[BaseException], 
             raise
         print_user_error(err)
         return 2
+
+
+def show_progress(requested: bool = True) -> bool:
+    """Whether to draw a progress bar: when asked for and stderr is a terminal, so logs of
+    batch jobs (SLURM, nohup, CI) get no thousands of carriage returns."""
+    return bool(requested) and sys.stderr.isatty()
 
 
 def print_user_error(err: BaseException | str) -> None:

@@ -307,11 +307,21 @@ def _open_phases(directory: Path) -> tuple[Path, dict[str, tuple[PhaseFolder, in
     return directory, found
 
 
+def _weights_item(meta: dict[str, Any]) -> str:
+    """The item a phase hands on: its EMA when it kept one, else its params."""
+    return "ema" if meta.get("ema") else "params"
+
+
+def _weights_note(meta: dict[str, Any]) -> str:
+    return ", EMA weights" if meta.get("ema") else ""
+
+
 def load_workdir(directory: str | Path) -> LoadedModels:
     """Networks and params from a ``train.py`` workdir, phase folder or step folder.
 
     The DeblurNet comes from the last phase (by ``phase_index``) whose ``params`` are a
-    DeblurNet (``finetune`` before ``deblur``); the ReblurNet from the last phase that
+    DeblurNet (``finetune`` before ``deblur``), as its EMA when the run kept one
+    (``config.ema_decay`` > 0; ``source`` then says "EMA weights"); the ReblurNet from the last phase that
     trained one, else a frozen copy. A phase folder alone gives that phase's networks (a
     ReblurNet-only phase is refused), and a step folder (``WORKDIR/deblur/4000``) that step's.
 
@@ -333,14 +343,14 @@ def load_workdir(directory: str | Path) -> LoadedModels:
             )
         folder, step = found[deblur_phase]
         model_config = dict(metas[deblur_phase]["model_config"])
-        deblur_params = folder.restore_numpy(step, "params")
-        sources = [f"{deblur_phase} step {step}"]
+        deblur_params = folder.restore_numpy(step, _weights_item(metas[deblur_phase]))
+        sources = [f"{deblur_phase} step {step}{_weights_note(metas[deblur_phase])}"]
         reblur_params = None
         reblur_phase = next((p for p in order if metas[p]["network"] == "reblur"), None)
         if reblur_phase is not None:
             rfolder, rstep = found[reblur_phase]
-            reblur_params = rfolder.restore_numpy(rstep, "params")
-            sources.append(f"{reblur_phase} step {rstep}")
+            reblur_params = rfolder.restore_numpy(rstep, _weights_item(metas[reblur_phase]))
+            sources.append(f"{reblur_phase} step {rstep}{_weights_note(metas[reblur_phase])}")
             rconfig = metas[reblur_phase]["model_config"]
             model_config["reblur_width"] = rconfig["reblur_width"]
             model_config["reblur_residual"] = bool(rconfig.get("reblur_residual", False))

@@ -72,6 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_b2 = 0.999
     config.adam_eps = 1e-18
     config.grad_clip_norm = 0.0  # 0 disables global-norm clipping (the paper has none)
+    # Split each step's batch into this many micro-batches whose gradients are summed
+    # before the update: the same update with a k-th of the activation memory.
+    config.grad_accum_steps = 1
+    # Exponential moving average of the weights (0 = off), with a warm-up
+    # min(decay, (1 + t) / (10 + t)). When on, the EMA is checkpointed, evaluated, handed
+    # to the next phase and exported for inference.
+    config.ema_decay = 0.0
     # Multiplies the learning rate of the deformable branches' offset and mask predictors
     # (1.0 = the paper: one learning rate for everything).
     config.offset_lr_multiplier = 1.0
@@ -102,7 +109,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_checkpoints_to_keep = 2
     config.eval_limit = 8  # test pairs in the after-phase PSNR evaluation (0 disables)
     config.eval_every_steps = 0  # also evaluate during a phase (0: only at its end)
-    config.eval_split = "test"
+    config.eval_split = "test"  # the after-phase evaluation
+    # The validation set of the in-phase evaluations (eval_every_steps > 0), on which the
+    # best step is kept as an export in WORKDIR/<phase>/best/: "val" is a fixed, seeded
+    # part of the training data (see aspdc_jax.data.eval_pairs); "test" only if you mean it.
+    config.val_split = "val"
     config.progress_bar = True
     return config
 

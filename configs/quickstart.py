@@ -60,7 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Phase 3 at a tenth of phase 1's learning rate, as in the paper (1e-4 -> 1e-5).
     config.finetune.update(schedule="cosine", lr=3e-5, min_lr=3e-6, warmup_epochs=0.0)
     config.finetune.num_epochs = 6.0
-    config.finetune.reblur_weight = 0.1
 
     config.log_every_steps = 10
     config.checkpoint_every_steps = 200

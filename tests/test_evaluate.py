@@ -324,11 +324,9 @@ def test_realblur_alignment_recovers_a_shift():
 @pytest.mark.slow
 def test_train_workdir_loads_for_inference_and_evaluation(tmp_path):
     """A tiny train.py workdir (deblur + reblur phases) through inference.load and evaluate."""
-    from test_train_loop import tiny_config
-
     from aspdc_jax.evaluation.protocol import EvalConfig, evaluate
     from aspdc_jax.training import train_and_evaluate
-    from tests.helpers.train_fakes import fake_loader_factory
+    from tests.helpers.train_fakes import fake_loader_factory, tiny_config
 
     config = tiny_config()
     config.phases = "deblur,reblur"

@@ -240,12 +240,14 @@ def test_cli_folder_with_corrupt_file(tmp_path, export_dir, capsys):
     good = _png_bytes(smooth_image(rng, 30, 30))
     (src / "truncated.png").write_bytes(good[: len(good) // 2])
     (src / "notes.jpg").write_text("this is not an image")
-    (src / "readme.txt").write_text("ignored: not an image suffix")
+    (src / "readme.txt").write_text("not an image suffix: listed as skipped too")
+    (src / ".hidden").write_text("hidden files are passed over silently")
     out = tmp_path / "out"
     rc = deblur_main(["--ckpt", str(export_dir), str(src), "--out", str(out), "--quiet"])
-    assert rc == 1  # two inputs were skipped
+    assert rc == 1  # three inputs were skipped
     err = capsys.readouterr().err
-    assert "truncated.png" in err and "notes.jpg" in err and "skipped 2" in err
+    assert "truncated.png" in err and "notes.jpg" in err and "skipped 3" in err
+    assert "readme.txt: not an image (suffix .txt)" in err and ".hidden" not in err
     produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert produced == ["a.png", "alpha.png", "gray.png", "sub/b.png"]
     with Image.open(out / "alpha.png") as im:
@@ -451,3 +453,30 @@ def test_cli_same_named_folders_get_distinct_stable_subfolders(tmp_path, export_
 def test_unit_conventions_roundtrip():
     u8 = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
     np.testing.assert_array_equal(np.asarray(to_uint8(to_model(u8, jnp.float32))), u8)
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny):
+    """x8: one compiled function per shape whose output is the mean of D over the 8
+    flips/transposes, each mapped back; with tiling too."""
+    module, params = tiny
+    rng = np.random.default_rng(11)
+    image = (64 + smooth_image(rng, 24, 32) // 2).astype(np.uint8)  # mid-range: no clipping
+    x8 = inference.Deblurrer(module, params, bucket="exact", self_ensemble=True)
+    got = x8.deblur_float(image)
+    assert x8.num_compilations == 1
+    plain = inference.Deblurrer(module, params, bucket="exact")
+    views = []
+    for t in (False, True):
+        for fy in (False, True):
+            for fx in (False, True):
+                v = np.swapaxes(image, 0, 1) if t else image
+                v = v[::-1] if fy else v
+                v = v[:, ::-1] if fx else v
+                y = plain.deblur_float(np.ascontiguousarray(v))
+                y = y[:, ::-1] if fx else y
+                y = y[::-1] if fy else y
+                views.append(np.swapaxes(y, 0, 1) if t else y)
+    np.testing.assert_allclose(got, np.mean(views, axis=0), atol=1e-5)
+    assert np.abs(got - plain.deblur_float(image)).max() > 1e-3  # it is not the plain forward
+    tiled = x8.deblur_float(smooth_image(rng, 40, 72), tile=32, overlap=8)
+    assert tiled.shape == (40, 72, 3) and np.isfinite(tiled).all()

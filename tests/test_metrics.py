@@ -103,3 +103,30 @@ def test_ssim_too_small():
         metrics.ssim(np.zeros((8, 20, 3), np.float32), np.zeros((8, 20, 3), np.float32))
     with pytest.raises(ValueError, match="variant"):
         metrics.ssim(np.zeros((8, 20, 3), np.float32), np.zeros((8, 20, 3), np.float32), variant="x")
+
+
+def test_y_channel_scores_match_skimage_rgb2ycbcr():
+    """BasicSR's test_y_channel: skimage's rgb2ycbcr luma (Y in [16, 235] for RGB in [0, 1])
+    divided by 255, then PSNR / Gaussian SSIM after crop_border pixels per side."""
+    from skimage.color import rgb2ycbcr
+
+    a, b = _pair(3, (40, 36, 3))
+    y_a = rgb2ycbcr(a.astype(np.float64))[..., 0] / 255.0
+    y_b = rgb2ycbcr(b.astype(np.float64))[..., 0] / 255.0
+    np.testing.assert_allclose(np.asarray(metrics.rgb_to_y(a))[..., 0], y_a, atol=1e-6)
+    assert 16 / 255 <= float(np.min(metrics.rgb_to_y(np.zeros((4, 4, 3), np.float32)))) <= 16 / 255 + 1e-7
+    border = 4
+    ca, cb = y_a[border:-border, border:-border], y_b[border:-border, border:-border]
+    got_psnr = float(
+        metrics.psnr(metrics.crop_border(metrics.rgb_to_y(a), border), metrics.crop_border(metrics.rgb_to_y(b), border))
+    )
+    np.testing.assert_allclose(got_psnr, peak_signal_noise_ratio(ca, cb, data_range=1.0), atol=1e-4)
+    got_ssim = float(
+        metrics.ssim(metrics.crop_border(metrics.rgb_to_y(a), border), metrics.crop_border(metrics.rgb_to_y(b), border))
+    )
+    want_ssim = structural_similarity(
+        ca, cb, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
+    np.testing.assert_allclose(got_ssim, want_ssim, atol=1e-5)
+    with pytest.raises(ValueError, match="crop_border"):
+        metrics.crop_border(a, 20)

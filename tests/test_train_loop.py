@@ -17,35 +17,10 @@ import pytest
 
 from aspdc_jax.training import NonFiniteLossError, PhaseCheckpoints, train_and_evaluate
 from aspdc_jax.weights import CheckpointError, load_for_inference, load_workdir
-from tests.helpers.train_fakes import fake_loader_factory
+from tests.helpers.train_fakes import STEPS, fake_loader_factory, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).parent
-STEPS = 6
-
-
-def tiny_config():
-    sys.path.insert(0, str(ROOT))
-    from configs import default
-
-    c = default.get_config()
-    c.model.deblur_width = 4
-    c.model.reblur_width = 4
-    c.model.num_groups = 1
-    c.data.crop_size = 16
-    c.data.epoch_size = 8  # batch 2 -> 4 steps per epoch
-    c.batch_size = 2
-    for phase in ("deblur", "reblur", "finetune"):
-        c[phase].schedule = "constant"
-        c[phase].lr = 1e-3
-        c[phase].num_epochs = STEPS / 4
-    c.phases = "deblur"
-    c.log_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.image_every_steps = 3
-    c.eval_limit = 0
-    c.progress_bar = False
-    return c
 
 
 RUNNER = textwrap.dedent(
@@ -53,7 +28,7 @@ RUNNER = textwrap.dedent(
     import os, signal, sys
     sys.path[:0] = [{root!r}, {tests!r}]
     from tests.helpers import train_fakes as test_train_fakes
-    from test_train_loop import tiny_config
+    from tests.helpers.train_fakes import tiny_config
     from aspdc_jax.training import train_and_evaluate
 
     kill_at = int(sys.argv[2])

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from aspdc_jax.cli import show_progress
 from aspdc_jax.data import imageio, layouts, synthetic
 
 __all__ = [
@@ -57,6 +58,12 @@ __all__ = [
 ]
 
 _VERSION = tfds.core.Version("1.0.0")
+
+
+def _quiet_tfds_unless_terminal() -> None:
+    """TFDS's preparation bars only on a terminal (see `aspdc_jax.cli.show_progress`)."""
+    if not show_progress():
+        tfds.disable_progress_bar()
 
 
 def default_tfds_dir() -> pathlib.Path:
@@ -382,6 +389,7 @@ def prepare(
     if builder_name == "synthetic_blur":
         builder = SyntheticBlur(config=config, data_dir=str(root), file_format="array_record")
         _announce(builder, f"in {builder.data_dir}")
+        _quiet_tfds_unless_terminal()
         with contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare()
         return builder
@@ -410,6 +418,7 @@ def prepare(
             shutil.rmtree(builder.data_dir)
             builder = cls(config=config, data_dir=str(root), file_format="array_record")
     _announce(builder, f"from {manual} in {builder.data_dir}")
+    _quiet_tfds_unless_terminal()
     with contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     return builder

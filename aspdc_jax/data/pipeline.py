@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grain
@@ -296,13 +296,22 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
 # ----------------------------------------------------------------------------- evaluation
 
 
+#: The validation split: a fixed, seeded part of the training data (see `eval_pairs`).
+VAL_SPLIT = "val"
+
+
 def synthetic_eval_list(data_cfg: Any, split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
-    """The fixed, seeded synthetic pairs (same as the `synthetic_blur` store's test split)."""
+    """The fixed, seeded synthetic pairs (same as the `synthetic_blur` store's test split).
+
+    ``split="val"``: the same kind of pairs made from the *training* photos with another
+    seed (the training stream draws fresh random crops and blur, so these exact pairs are
+    not trained on, but their photos are)."""
+    val = split == VAL_SPLIT
     return synthetic.synthetic_test_pairs(
-        synthetic.photo_source(_get(data_cfg, "data_dir", None), split),
+        synthetic.photo_source(_get(data_cfg, "data_dir", None), "train" if val else split),
         crops_per_photo=int(_get(data_cfg, "synthetic_test_crops_per_photo", 3)),
         crop_size=int(_get(data_cfg, "synthetic_test_crop_size", 256)),
-        seed=int(_get(data_cfg, "synthetic_test_seed", 0)),
+        seed=int(_get(data_cfg, "synthetic_test_seed", 0)) + (7919 if val else 0),
         config=_blur_config(data_cfg),
     )
 
@@ -312,7 +321,10 @@ def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> 
 
     synthetic: ``synthetic_test_crops_per_photo`` fixed crops (``synthetic_test_crop_size``)
     of each held-out photo, seeded by ``synthetic_test_seed``; other datasets: the prepared
-    store's split (prepared on first use). ``sharp`` is None for unpaired folders.
+    store's split (prepared on first use). ``split="val"`` is the validation set that
+    training selects its best checkpoint on: a fixed, seeded part of the training data
+    (synthetic: pairs of the training photos; stores: ``limit`` records of the train split
+    drawn with seed 0), never the test split. ``sharp`` is None for unpaired folders.
     The dataset is opened (and checked) here, not on the first ``next``; ``len()`` of the
     result is the number of pairs it yields.
     """
@@ -323,16 +335,22 @@ def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> 
         pairs = synthetic_eval_list(data_cfg, split)
         pairs = pairs[:limit] if limit is not None else pairs
         return EvalPairs(len(pairs), (EvalPair(n, b, s, dict(info, dataset="synthetic")) for n, b, s, info in pairs))
+    if split == VAL_SPLIT:  # a fixed, seeded sample of the training split
+        builder = store_for(data_cfg, split="train")
+        source = builder.as_data_source(_split_of(builder, "train"))
+        count = len(source) if limit is None else min(limit, len(source))
+        picked = sorted(np.random.default_rng(0).permutation(len(source))[:count].tolist())
+        return EvalPairs(count, _store_pairs(source, picked, name))
     builder = store_for(data_cfg, split=split)
     source = builder.as_data_source(_split_of(builder, split))
     count = len(source) if limit is None else min(limit, len(source))
-    return EvalPairs(count, _store_pairs(source, count, name))
+    return EvalPairs(count, _store_pairs(source, range(count), name))
 
 
-def _store_pairs(source: Any, count: int, name: str) -> Iterator[EvalPair]:
+def _store_pairs(source: Any, indices: Iterable[int], name: str) -> Iterator[EvalPair]:
     from aspdc_jax.data import builders  # noqa: PLC0415
 
-    for i in range(count):
+    for i in indices:
         ex = source[i]
         meta = json.loads(ex["meta"].decode() if isinstance(ex["meta"], bytes) else ex["meta"])
         meta["dataset"] = name

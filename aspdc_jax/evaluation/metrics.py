@@ -35,7 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-__all__ = ["SSIM_VARIANTS", "mean_abs_diff_stats", "psnr", "psnr_from_mse", "psnr_numpy", "ssim"]
+__all__ = [
+    "SSIM_VARIANTS",
+    "crop_border",
+    "mean_abs_diff_stats",
+    "psnr",
+    "psnr_from_mse",
+    "psnr_numpy",
+    "rgb_to_y",
+    "ssim",
+]
 
 SSIM_VARIANTS = ("gaussian", "official")
 SsimVariant = Literal["gaussian", "official"]
@@ -63,6 +72,28 @@ def _psnr(a: jax.Array, b: jax.Array, quantize: bool) -> jax.Array:
         b = jnp.round(jnp.clip(b, 0.0, 1.0) * 255.0) / 255.0
     mse = jnp.mean(jnp.square(a - b), axis=(-3, -2, -1))
     return 10.0 * jnp.log10(1.0 / mse)
+
+
+#: ITU-R BT.601 luma for RGB in [0, 1], as BasicSR's ``bgr2ycbcr(y_only=True)`` and
+#: scikit-image's ``rgb2ycbcr(...)[..., 0]`` compute it: ``Y = 16 + 65.481 R + 128.553 G
+#: + 24.966 B`` in [16, 235], here divided by 255 (so the peak stays 1).
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+
+
+def rgb_to_y(x: ArrayLike) -> jax.Array:
+    """(..., H, W, 3) RGB in [0, 1] -> (..., H, W, 1) luma Y in [16/255, 235/255] (BT.601;
+    BasicSR ``test_y_channel``). Not rounded, as BasicSR."""
+    x = _as_float(x)
+    w = jnp.asarray(_Y_WEIGHTS, x.dtype)
+    return ((16.0 + jnp.tensordot(x, w, axes=([-1], [0]))) / 255.0)[..., None]
+
+
+def crop_border(x: ArrayLike, border: int) -> jax.Array:
+    """Drops ``border`` pixels on every side of (..., H, W, C) (BasicSR's ``crop_border``)."""
+    x = jnp.asarray(x)
+    if border < 0 or 2 * border >= min(x.shape[-3], x.shape[-2]):
+        raise ValueError(f"crop_border {border} must be >= 0 and leave pixels of a {x.shape[-3]}x{x.shape[-2]} image")
+    return x[..., border : x.shape[-3] - border, border : x.shape[-2] - border, :] if border else x
 
 
 def psnr_from_mse(mse: float, peak: float = 1.0) -> float:

@@ -39,7 +39,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from aspdc_jax.cli import FlagParser, returning_user_errors
+from aspdc_jax.cli import FlagParser, returning_user_errors, show_progress
 from aspdc_jax.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
 
 __all__ = [
@@ -192,8 +192,9 @@ def folder_names(inputs: Sequence[str | Path], known: Mapping[str, str] | None =
     return names
 
 
-def _walk_images(folder: Path, skip: Path | None) -> list[Path]:
+def _walk_images(folder: Path, skip: Path | None, rejected: list[Path] | None = None) -> list[Path]:
     """Image files under ``folder``, following links to sub-folders, sorted by relative path.
+    Other files (not hidden) are appended to ``rejected``.
 
     A link to a folder that is already being searched above it (a cycle) is reported on
     stderr and not followed. Folders under ``skip`` (the resolved output folder) are not
@@ -217,9 +218,12 @@ def _walk_images(folder: Path, skip: Path | None) -> list[Path]:
         dirnames[:] = keep
         for name in filenames:
             f = Path(dirpath, name)
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                if skip is None or not Path(os.path.realpath(f)).is_relative_to(skip):
-                    found.append(f)
+            if not f.is_file() or (skip is not None and Path(os.path.realpath(f)).is_relative_to(skip)):
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(f)
+            elif rejected is not None and not name.startswith("."):
+                rejected.append(f)
     return sorted(found, key=lambda f: f.relative_to(folder))
 
 
@@ -227,6 +231,7 @@ def find_inputs(
     inputs: Sequence[str | Path],
     exclude: str | Path | None = None,
     names: Mapping[str, str] | None = None,
+    rejected: list[Path] | None = None,
 ) -> Iterator[tuple[Path, Path]]:
     """Yields ``(file, output relative path)`` for files and folders (recursive).
 
@@ -236,7 +241,8 @@ def find_inputs(
     ``names`` (absolute folder path -> name), by default `folder_names` of the inputs.
     Links to sub-folders are followed (see `_walk_images`). Files in folders are filtered
     by image suffix; files named directly are always tried. Files under ``exclude`` (the
-    output folder, if it lies inside an input folder) are not searched.
+    output folder, if it lies inside an input folder) are not searched. Files in folders
+    without an image suffix (not hidden ones) are appended to ``rejected``.
 
     Raises:
       FileNotFoundError: an input does not exist.
@@ -246,7 +252,7 @@ def find_inputs(
     for entry in map(Path, inputs):
         if entry.is_dir():
             prefix = Path(names.get(_input_key(entry), _link_name(entry))) if len(inputs) > 1 else Path()
-            for f in _walk_images(entry, skip):
+            for f in _walk_images(entry, skip, rejected):
                 yield f, prefix / f.relative_to(entry).with_suffix(".png")
         elif entry.is_file():
             yield entry, Path(entry.name).with_suffix(".png")
@@ -380,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "from the same, unchanged input, and any existing file the output folder's manifest "
         "does not know)",
     )
+    parser.add_argument(
+        "--self_ensemble",
+        action="store_true",
+        help="geometric x8 self-ensemble: average the outputs of the 8 flips/transposes (8x the time)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--concurrent_schedule",
@@ -416,15 +427,23 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = _check_out_dir(args)
     manifest = OutputManifest(out_dir)
     names = folder_names(args.inputs, manifest.folders)
-    files = list(find_inputs(args.inputs, exclude=out_dir, names=names))
+    rejected: list[Path] = []
+    files = list(find_inputs(args.inputs, exclude=out_dir, names=names, rejected=rejected))
     plan = plan_outputs(files, out_dir, manifest, overwrite=args.overwrite)
+    not_images = [f"{f}: not an image (suffix {f.suffix or 'none'})" for f in rejected]
     if not plan:
-        raise FileNotFoundError("no image files found in the inputs")
+        raise FileNotFoundError("no image files found in the inputs" + "".join(f"; {m}" for m in not_images))
     manifest.folders.update({name: folder for folder, name in names.items()})
     deblurrer = inference.load(
-        args.ckpt, bucket=args.bucket, dtype=args.dtype, tile=args.tile or None, overlap=args.overlap
+        args.ckpt,
+        bucket=args.bucket,
+        dtype=args.dtype,
+        tile=args.tile or None,
+        overlap=args.overlap,
+        self_ensemble=args.self_ensemble,
     )
     written, skipped = _deblur_plan(plan, deblurrer, manifest, args)
+    skipped = not_images + skipped
     print(f"wrote {written} image(s) to {out_dir}; skipped {len(skipped)}", file=sys.stderr)
     for message in skipped:
         print(f"  skipped: {message}", file=sys.stderr)
@@ -437,7 +456,9 @@ def _deblur_plan(plan, deblurrer, manifest: OutputManifest, args: argparse.Names
 
     skipped: list[str] = []
     written = 0
-    for path, target in tqdm(plan, unit="img", desc="deblur", disable=args.quiet, file=sys.stderr):
+    for path, target in tqdm(
+        plan, unit="img", desc="deblur", disable=not show_progress(not args.quiet), file=sys.stderr
+    ):
         source, recorded = Source.of(path), manifest.source(target)
         if target.exists() and not args.overwrite:
             if recorded is None:

@@ -12,7 +12,8 @@ Layout of a workdir::
 ``params`` is the trained network's params (DeblurNet for deblur/finetune, ReblurNet for
 reblur), ``opt_state`` its Adam state, ``frozen`` the ReblurNet params finetune used
 (bit-identical to the reblur phase's), ``data`` the training iterator's state (JSON),
-``config`` the full run config (JSON) and ``meta`` (JSON) the phase, step, total steps,
+``ema`` (with ``config.ema_decay`` > 0) the moving average of ``params``, ``config`` the
+full run config (JSON) and ``meta`` (JSON) the phase, step, total steps,
 whether the phase finished, the model config and every parameter shape (checked before
 any Orbax restore, so a config that disagrees with a checkpoint gets a clear message).
 """
@@ -139,6 +140,7 @@ class PhaseCheckpoints(PhaseFolder):
         config_json: dict[str, Any],
         data_state: Any = None,
         frozen: PyTree | None = None,
+        ema: PyTree | None = None,
     ) -> None:
         """Writes step ``step`` (replacing an existing one of the same number)."""
         items: dict[str, Any] = {
@@ -150,6 +152,8 @@ class PhaseCheckpoints(PhaseFolder):
         }
         if frozen is not None:
             items["frozen"] = ocp.args.StandardSave(frozen)
+        if ema is not None:
+            items["ema"] = ocp.args.StandardSave(ema)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
@@ -160,12 +164,13 @@ class PhaseCheckpoints(PhaseFolder):
         params: PyTree | None = None,
         opt_state: PyTree | None = None,
         frozen: PyTree | None = None,
+        ema: PyTree | None = None,
         items: tuple[str, ...] = ("params", "opt_state", "data", "meta"),
     ) -> dict[str, Any]:
         """Restores the named items of ``step``. Array items take an abstract/concrete
         target tree (shapes, dtypes, shardings) when given; without one they come back as
         numpy arrays in the saved structure."""
-        targets = {"params": params, "opt_state": opt_state, "frozen": frozen}
+        targets = {"params": params, "opt_state": opt_state, "frozen": frozen, "ema": ema}
         args = {}
         for name in items:
             if name in targets:

@@ -11,8 +11,11 @@ from the phase's `Phase` entry; nothing here branches on a phase's name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
+import shutil
 import signal
 import threading
 import time
@@ -21,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from aspdc_jax.cli import show_progress
 from aspdc_jax.data import eval_pairs as data_eval_pairs
 from aspdc_jax.data import make_train_loader
 from aspdc_jax.images import to_model
@@ -40,7 +45,7 @@ from aspdc_jax.training.steps import make_eval_fns, make_train_step
 from aspdc_jax.training.summaries import MetricsWriter, image_grid
 from aspdc_jax.training.validation import evaluate_pairs
 from aspdc_jax.trees import flatten
-from aspdc_jax.weights import CheckpointError
+from aspdc_jax.weights import CheckpointError, save_export
 
 __all__ = [
     "NonFiniteLossError",
@@ -308,7 +313,8 @@ def _load_handoff(run: _Run) -> tuple[dict[str, PyTree], dict[str, int]]:
             checkpoint_model=meta.get("model_config"),
             config_model=run.model_config,
         )
-        trees[item] = replicate(ckpt.restore(step, items=("params",))["params"], run.mesh)
+        weights = "ema" if meta.get("ema") else "params"  # what the phase hands on
+        trees[item] = replicate(ckpt.restore(step, items=(weights,))[weights], run.mesh)
         steps[source] = int(step)
         ckpt.close()
     return trees, steps
@@ -354,16 +360,24 @@ def _abstract_replicated(tree: PyTree, mesh) -> PyTree:
 def _resume(run: _Run, step: int, tx, meta: Mapping[str, Any]) -> _Start:
     abstract = run.abstract(run.phase.network)
     frozen = run.phase.frozen
-    items = ("params", "opt_state", "data") + (("frozen",) if frozen else ())
+    has_ema = bool(meta.get("ema"))
+    items = ("params", "opt_state", "data") + (("frozen",) if frozen else ()) + (("ema",) if has_ema else ())
     restored = run.ckpt.restore(
         step,
         params=_abstract_replicated(abstract, run.mesh),
         opt_state=_abstract_replicated(jax.eval_shape(tx.init, abstract), run.mesh),
         frozen=_abstract_replicated(run.abstract(frozen), run.mesh) if frozen else None,
+        ema=_abstract_replicated(abstract, run.mesh) if has_ema else None,
         items=items,
     )
+    ema = restored.get("ema")
+    if _ema_on(run.config) and ema is None:  # EMA switched on for a run that had none
+        ema = jax.tree_util.tree_map(jnp.copy, restored["params"])
     state = TrainState(
-        step=replicate(np.int32(step), run.mesh), params=restored["params"], opt_state=restored["opt_state"]
+        step=replicate(np.int32(step), run.mesh),
+        params=restored["params"],
+        opt_state=restored["opt_state"],
+        ema_params=ema if _ema_on(run.config) else None,
     )
     print(f"[{run.name}] resuming from step {step}/{run.total}", flush=True)
     return _Start(state, step, restored.get("frozen"), restored["data"], meta.get("started_from"))
@@ -380,8 +394,16 @@ def _begin(run: _Run, tx) -> _Start:
     params = trees.get("params", None)
     if params is None:
         params = _fresh_params(run)
-    state = jax.jit(lambda p: TrainState.create(p, tx), out_shardings=replicated_sharding(run.mesh))(params)
+    ema = _ema_on(run.config)
+    state = jax.jit(lambda p: TrainState.create(p, tx, ema=ema), out_shardings=replicated_sharding(run.mesh))(params)
     return _Start(state, 0, trees.get("frozen"), None, started_from)
+
+
+def _ema_on(config: ml_collections.ConfigDict) -> bool:
+    decay = float(config.ema_decay)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"config.ema_decay must be in [0, 1) (0 turns the EMA off), got {decay}")
+    return decay > 0
 
 
 # ----------------------------------------------------------------------------- the step loop
@@ -406,6 +428,7 @@ class _Checkpointer:
             "steps_per_epoch": run.schedule.steps_per_epoch,
             "model_config": run.model_config,
             "param_shapes": run.shapes["params"],
+            "ema": state.ema_params is not None,
         }
         if "frozen" in run.shapes:
             meta["frozen_shapes"] = run.shapes["frozen"]
@@ -416,6 +439,7 @@ class _Checkpointer:
             params=state.params,
             opt_state=state.opt_state,
             frozen=self.start.frozen,
+            ema=state.ema_params,
             meta=meta,
             config_json=run.config_json,
             data_state=iterator.get_state(),
@@ -507,6 +531,8 @@ def _train_steps(run: _Run, start: _Start, tx, eval_fns, writer: MetricsWriter, 
         image_loss=get_loss(config.loss),
         mesh=run.mesh,
         phase_config=config[run.name],
+        grad_accum_steps=int(config.grad_accum_steps),
+        ema_decay=float(config.ema_decay),
     )
     frozen_args = (start.frozen,) if run.phase.frozen is not None else ()
     iterator = iter(run.loader)
@@ -517,7 +543,7 @@ def _train_steps(run: _Run, start: _Start, tx, eval_fns, writer: MetricsWriter, 
     total = run.total
     log_every, ckpt_every = _every(config, "log_every_steps", total), _every(config, "checkpoint_every_steps", total)
     image_every, eval_every = int(config.image_every_steps), int(config.eval_every_steps)
-    show = bool(config.progress_bar) and jax.process_index() == 0
+    show = show_progress(bool(config.progress_bar)) and jax.process_index() == 0
     pbar = tqdm(total=total, initial=start.step, desc=run.name, unit="step", dynamic_ncols=True) if show else None
     state, step = start.state, start.step
     with _StopRequests(run.name) as stop:
@@ -538,10 +564,10 @@ def _train_steps(run: _Run, start: _Start, tx, eval_fns, writer: MetricsWriter, 
                 if step % ckpt_every == 0 or at_end:
                     saver.save(step, state, iterator)
                 if image_every and (step % image_every == 0 or at_end) and writer.enabled:
-                    grid = _preview(run, eval_fns, state.params, start.frozen, batch)
+                    grid = _preview(run, eval_fns, state.eval_params, start.frozen, batch)
                     writer.write_images(step, f"{run.name}/blurred_output_sharp", grid)
-                if eval_every and step % eval_every == 0 and not at_end and evaluate is not None:
-                    evaluate(state.params, step)
+                if eval_every and (step % eval_every == 0 or at_end) and evaluate is not None:
+                    evaluate(state.eval_params, step)
                 if stop.signum is not None:
                     _stop(run, stop.signum, step, state, iterator, averager, saver)
         finally:
@@ -565,22 +591,59 @@ def _stop(run: _Run, signum: int, step: int, state, iterator, averager: _Metrics
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _evaluator(run: _Run, eval_fns, eval_pairs_fn: EvalPairsFn | None, writer: MetricsWriter):
-    """``evaluate(params, step) -> result`` on the held-out pairs, or None when
-    ``config.eval_limit`` is 0 (no evaluation at all)."""
-    if eval_pairs_fn is None or int(run.config.eval_limit) <= 0:
-        return None
-    config = run.config
-    split = str(config.eval_split)
+def _evaluator(run: _Run, eval_fns, eval_pairs_fn: EvalPairsFn | None, writer: MetricsWriter, frozen: PyTree):
+    """``evaluate(params, step, final=False) -> result``, or None when ``config.eval_limit``
+    is 0 (no evaluation at all).
 
-    def evaluate(params: PyTree, step: int) -> dict[str, Any]:
+    During the phase (``final=False``) it validates on ``config.val_split`` (a fixed part
+    of the training data, not the test split unless asked), records event ``val`` and
+    keeps the best step so far as an export in ``WORKDIR/<phase>/best/``. After the phase
+    it scores ``config.eval_split`` (event ``eval``).
+    """
+    config = run.config
+    if eval_pairs_fn is None or int(config.eval_limit) <= 0:
+        return None
+    best = _BestExport(run, frozen)
+
+    def evaluate(params: PyTree, step: int, final: bool = False) -> dict[str, Any]:
+        split = str(config.eval_split if final else config.val_split)
         pairs = eval_pairs_fn(config.data, split=split, limit=int(config.eval_limit))
         result = evaluate_pairs(run.phase.evaluates, pairs, params=params, eval_fns=eval_fns)
-        writer.write(step, "eval", result)
+        writer.write(step, "eval" if final else "val", result)
         _print_eval(run, split, step, result)
+        if not final:
+            best.offer(params, step, result)
         return result
 
     return evaluate
+
+
+class _BestExport:
+    """Keeps ``WORKDIR/<phase>/best/``: an export (`aspdc_jax.weights.save_export`) of the
+    validated step with the highest PSNR, with ``best.json`` saying which step and score.
+    Only for phases that train the DeblurNet (an export is a DeblurNet first)."""
+
+    def __init__(self, run: _Run, frozen: PyTree):
+        self.run, self.frozen = run, frozen
+        self.directory = run.ckpt.directory / "best"
+        self.record = self.directory / "best.json"
+        self.score = json.loads(self.record.read_text())["psnr_output"] if self.record.is_file() else -math.inf
+
+    def offer(self, params: PyTree, step: int, result: Mapping[str, Any]) -> None:
+        score = float(result.get("psnr_output", -math.inf))
+        if self.run.phase.network != "deblur" or not score > self.score or jax.process_index() != 0:
+            return
+        tmp = self.directory.with_name("best.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        reblur = jax.device_get(self.frozen) if self.run.phase.frozen == "reblur" else None
+        save_export(tmp, model_config=self.run.model_config, deblur_params=jax.device_get(params), reblur_params=reblur)
+        (tmp / "best.json").write_text(
+            json.dumps({"step": step, "psnr_output": score, "split": self.run.config.val_split})
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.replace(tmp, self.directory)
+        self.score = score
+        print(f"[{self.run.name}] step {step}: best so far ({score:.2f} dB), exported to {self.directory}", flush=True)
 
 
 def _print_eval(run: _Run, split: str, step: int, result: Mapping[str, Any]) -> None:
@@ -644,13 +707,13 @@ def run_phase(
         start = _begin(run, tx)
     eval_fns = make_eval_fns(deblur, reblur)
     writer = MetricsWriter(workdir, run.name, resume_step=latest or 0)
-    evaluate = _evaluator(run, eval_fns, eval_pairs_fn, writer)
+    evaluate = _evaluator(run, eval_fns, eval_pairs_fn, writer, start.frozen)
     state, step = _train_steps(run, start, tx, eval_fns, writer, evaluate)
     run.ckpt.close()
     seconds = time.time() - t_start
     summary.update(skipped=False, start_step=start.step, final_step=step, seconds=seconds)
     if evaluate is not None:
-        summary["eval"] = evaluate(state.params, step)
+        summary["eval"] = evaluate(state.eval_params, step, final=True)
     print(
         f"[{run.name}] finished: step {step}/{run.total} in {seconds:.0f} s, saved in {run.ckpt.directory}", flush=True
     )

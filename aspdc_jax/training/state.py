@@ -12,7 +12,7 @@ import optax
 
 from aspdc_jax.trees import flatten
 
-__all__ = ["TrainState", "init_params", "make_optimizer", "param_shapes"]
+__all__ = ["TrainState", "ema_decay_at", "init_params", "make_optimizer", "param_shapes"]
 
 PyTree = Any
 
@@ -28,10 +28,29 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken in this phase
     params: PyTree
     opt_state: PyTree
+    ema_params: PyTree = None  # exponential moving average of params (config.ema_decay > 0)
 
     @classmethod
-    def create(cls, params: PyTree, tx: optax.GradientTransformation) -> TrainState:
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    def create(cls, params: PyTree, tx: optax.GradientTransformation, *, ema: bool = False) -> TrainState:
+        """Step 0; with ``ema`` the average starts as a copy of ``params``."""
+        ema_params = jax.tree_util.tree_map(jnp.copy, params) if ema else None
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema_params)
+
+    @property
+    def eval_params(self) -> PyTree:
+        """The weights to evaluate, hand on and export: the EMA when kept, else params."""
+        return self.params if self.ema_params is None else self.ema_params
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """The EMA decay used at optimizer step ``step`` (0-based): ``min(decay, (1 + t) / (10 + t))``.
+
+    The warm-up (as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` and timm)
+    keeps the first steps' weights, still close to the init, from being frozen into the
+    average: 0.1 at step 0, 0.5 at step 8, 0.9 at step 80, 0.99 at step 890.
+    """
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + t) / (10.0 + t))
 
 
 #: Layers whose outputs steer the deformable sampling (offsets and modulation masks);

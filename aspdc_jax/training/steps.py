@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -20,7 +21,7 @@ from aspdc_jax.images import to_model
 from aspdc_jax.training.losses import LossFn
 from aspdc_jax.training.phases import Phase, get_phase
 from aspdc_jax.training.sharding import batch_sharding, replicated_sharding
-from aspdc_jax.training.state import TrainState
+from aspdc_jax.training.state import TrainState, ema_decay_at
 
 __all__ = ["make_eval_fns", "make_loss_fn", "make_train_step"]
 
@@ -59,6 +60,8 @@ def make_train_step(
     image_loss: LossFn,
     mesh: Mesh,
     phase_config: Mapping[str, Any] | None = None,
+    grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
     donate: bool = True,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """The jitted step of ``phase`` over ``mesh``.
@@ -67,19 +70,30 @@ def make_train_step(
     network (finetune: the ReblurNet params, an input only: never updated, never donated).
     Metrics: the loss's (``loss``; finetune adds ``deblur_loss``, ``reblur_loss``),
     ``grad_norm`` and ``param_norm`` (of the updated params), all replicated f32 scalars.
+
+    ``grad_accum_steps`` k > 1 splits the batch into k micro-batches (every k-th example
+    each, so each device keeps its own rows) and sums their gradients in a ``lax.scan``
+    before the one update: the update of the whole batch, with the activations of a k-th
+    of it. ``ema_decay`` > 0 also updates ``state.ema_params`` (see `ema_decay_at`).
     """
     phase = get_phase(phase)
+    if grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
     loss_fn = make_loss_fn(phase, deblur=deblur, reblur=reblur, image_loss=image_loss, phase_config=phase_config)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = _accumulated(jax.value_and_grad(loss_fn, has_aux=True), grad_accum_steps)
 
     def step(state: TrainState, batch: dict[str, jax.Array], frozen=None):
-        (_, metrics), grads = grad_fn(state.params, batch, frozen)
+        metrics, grads = grad_fn(state.params, batch, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema_decay > 0:
+            d = ema_decay_at(state.step, ema_decay)
+            ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
         # param_norm turns inf when an update blew the params up, so the NaN guard stops
         # before such params are checkpointed.
         metrics = dict(metrics, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         return new_state, metrics
 
     repl = replicated_sharding(mesh)
@@ -93,6 +107,37 @@ def make_train_step(
         out_shardings=(repl, repl),
         donate_argnums=donate_argnums,
     )
+
+
+def _accumulated(grad_fn: Callable[..., Any], k: int) -> Callable[..., tuple[Metrics, PyTree]]:
+    """``(params, batch, frozen) -> (metrics, grads)``: the mean over k micro-batches."""
+    if k == 1:
+
+        def whole(params, batch, frozen):
+            (_, metrics), grads = grad_fn(params, batch, frozen)
+            return metrics, grads
+
+        return whole
+
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % k:
+            raise ValueError(f"the batch of {x.shape[0]} does not split into grad_accum_steps={k} micro-batches")
+        return jnp.moveaxis(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 1, 0)
+
+    def accumulate(params, batch, frozen):
+        micro = jax.tree_util.tree_map(split, batch)
+        first = jax.tree_util.tree_map(lambda x: x[0], micro)
+        (_, metrics0), grads0 = grad_fn(params, first, frozen)
+
+        def body(carry, mb):
+            (_, metrics), grads = grad_fn(params, mb, frozen)
+            return jax.tree_util.tree_map(jnp.add, carry, (metrics, grads)), None
+
+        rest = jax.tree_util.tree_map(lambda x: x[1:], micro)
+        total, _ = jax.lax.scan(body, (metrics0, grads0), rest)
+        return jax.tree_util.tree_map(lambda x: x / k, total)
+
+    return accumulate
 
 
 def make_eval_fns(deblur: Any, reblur: Any) -> dict[str, Callable[..., jax.Array]]:

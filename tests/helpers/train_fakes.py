@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_collections
 import numpy as np
+
+STEPS = 6  # the tiny phase length of tiny_config
 
 
 def _pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +82,27 @@ def fake_eval_pairs(data_cfg, split: str = "test", limit: int | None = None):
     for i in range(limit or 2):
         b, s = _pair(rng, 20)  # not a multiple of 8: exercises padding
         yield FakePair(name=f"fake{i}", blurred=b, sharp=s, meta={})
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+    """configs/default.py at tiny widths and sizes: one deblur phase of STEPS steps."""
+    from configs import default
+
+    c = default.get_config()
+    c.model.deblur_width = 4
+    c.model.reblur_width = 4
+    c.model.num_groups = 1
+    c.data.crop_size = 16
+    c.data.epoch_size = 8  # batch 2 -> 4 steps per epoch
+    c.batch_size = 2
+    for phase in ("deblur", "reblur", "finetune"):
+        c[phase].schedule = "constant"
+        c[phase].lr = 1e-3
+        c[phase].num_epochs = STEPS / 4
+    c.phases = "deblur"
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.image_every_steps = 3
+    c.eval_limit = 0
+    c.progress_bar = False
+    return c
