@@ -17,6 +17,7 @@ from PIL import Image
 from aspdc_jax import inference
 from aspdc_jax.images import ImageReadError, read_image, to_model, to_uint8
 from aspdc_jax.inference import cli as deblur_module
+from aspdc_jax.inference import deblurrer as deblurrer_module
 from aspdc_jax.inference.cli import MANIFEST_NAME
 from aspdc_jax.inference.cli import main as deblur_main
 from tests.helpers.models import smooth_image, tiny_export, tiny_models
@@ -152,7 +153,7 @@ def test_tiling_uses_grid_aligned_starts(tiny, monkeypatch):
     module, params = tiny
     calls = []
     real = inference.tile_starts
-    monkeypatch.setattr(inference, "tile_starts", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    monkeypatch.setattr(deblurrer_module, "tile_starts", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     deblurrer = inference.Deblurrer(module, params, bucket="exact")
     out = deblurrer.deblur(smooth_image(np.random.default_rng(5), 210, 60), tile=64, overlap=8)
     assert out.shape == (210, 60, 3)

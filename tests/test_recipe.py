@@ -148,24 +148,3 @@ def test_comparison_figure_zooms_where_the_output_changed_most():
     np.testing.assert_array_equal(
         fig[zoom_top : zoom_top + 2 * size : 2, 2 * size + 4 : 4 * size + 4 : 2], output[y : y + size, x : x + size]
     )
-
-
-DEMO_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "demo"
-
-
-def test_shipped_demo_weights_load_checked_and_deblur():
-    """weights/demo passes its SHA-256 manifest, loads, and improves a held-out blurred
-    crop (gopro band) rather than returning its input."""
-    from aspdc_jax import inference
-    from aspdc_jax.data import synthetic
-
-    assert (DEMO_WEIGHTS / "SHA256SUMS").is_file()
-    deblurrer = inference.load(DEMO_WEIGHTS)
-    photos = [p for p in synthetic.builtin_photos("test") if p[0] in ("chelsea", "coffee")]
-    pairs = synthetic.synthetic_test_pairs(photos, crops_per_photo=1, crop_size=128, bands=("gopro",))
-    blurred = np.stack([p[1] for p in pairs])
-    sharp = np.stack([p[2] for p in pairs])
-    out = deblurrer.deblur(blurred)
-    assert out.shape == blurred.shape and out.dtype == np.uint8 and not np.array_equal(out, blurred)
-    gains = [synthetic.psnr_u8(o, s) - synthetic.psnr_u8(b, s) for o, b, s in zip(out, blurred, sharp)]
-    assert np.mean(gains) > 0.0, gains

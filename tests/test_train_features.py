@@ -35,7 +35,7 @@ def _leaves(tree):
 
 def test_two_accumulated_half_batches_give_the_full_batch_update():
     """k=2 micro-batches of 2 == one batch of 4, in float64 (SGD lr 1: the update is -grad)."""
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         deblur, reblur = model_from_config(TINY)
         deblur, reblur = deblur.clone(dtype=jnp.float64), reblur.clone(dtype=jnp.float64)
         params = jax.tree_util.tree_map(
@@ -61,7 +61,7 @@ def test_two_accumulated_half_batches_give_the_full_batch_update():
         for a, b in zip(_leaves(full.params), _leaves(acc.params)):
             assert a.dtype == np.float64
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
-        np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-9)
+        np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-6)
         np.testing.assert_allclose(float(m1["grad_norm"]), float(m2["grad_norm"]), rtol=1e-6)
         with pytest.raises(ValueError, match="grad_accum_steps=3"):
             make_train_step(

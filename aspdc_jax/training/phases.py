@@ -36,8 +36,9 @@ ImageLoss = Callable[[jax.Array, jax.Array], jax.Array]
 PhaseLoss = Callable[..., tuple[jax.Array, Metrics]]
 
 
-def _f32(x: jax.Array) -> jax.Array:  # losses in float32 whatever the compute dtype
-    return x.astype(jnp.float32)
+def _f32(x: jax.Array) -> jax.Array:
+    """Losses in at least float32 whatever the compute dtype (bfloat16 -> float32)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def deblur_loss(nets, params, frozen, blurred, sharp, image_loss, phase_config) -> tuple[jax.Array, Metrics]:
