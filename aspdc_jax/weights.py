@@ -264,8 +264,20 @@ class PhaseFolder:
         return restored["config"]
 
     def restore_numpy(self, step: int, item: str) -> PyTree:
-        """One array item of ``step`` (``params`` or ``frozen``) as numpy arrays."""
-        tree = self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(None)}))[item]
+        """One array item of ``step`` (``params``, ``ema`` or ``frozen``) as numpy arrays,
+        whatever device or host count wrote it: restored onto this process's first device
+        (a float32 target built from the shapes in ``meta``), then copied to the host."""
+        meta = self.meta(step)
+        shapes = meta["frozen_shapes"] if item == "frozen" else meta["param_shapes"]
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target: dict[str, Any] = {}
+        for path, shape in shapes.items():
+            *parents, leaf = path.split("/")
+            node = target
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = jax.ShapeDtypeStruct(tuple(shape), np.float32, sharding=sharding)
+        tree = self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
         return _to_numpy(tree)
 
 

@@ -314,7 +314,9 @@ def _load_handoff(run: _Run) -> tuple[dict[str, PyTree], dict[str, int]]:
             config_model=run.model_config,
         )
         weights = "ema" if meta.get("ema") else "params"  # what the phase hands on
-        trees[item] = replicate(ckpt.restore(step, items=(weights,))[weights], run.mesh)
+        network = run.phase.network if item == "params" else run.phase.frozen
+        target = _abstract_replicated(run.abstract(str(network)), run.mesh)  # any writer's topology
+        trees[item] = ckpt.restore(step, items=(weights,), **{weights: target})[weights]
         steps[source] = int(step)
         ckpt.close()
     return trees, steps
