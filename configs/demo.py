@@ -1,5 +1,6 @@
-"""Demo weights: the network shipped in weights/demo, trained on the built-in synthetic
-blur in about 2 hours on a 2-core CPU (minutes on a GPU).
+"""The 2-hour CPU recipe for demo weights on the built-in synthetic blur (minutes on a GPU).
+Not shipped: on the reference CPU it does not reach its goal (+2 dB in the gopro band);
+see "What training achieves on a CPU" in the README.
 
     python train.py --config=configs/demo.py --workdir=runs/demo
 

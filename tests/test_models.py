@@ -248,6 +248,7 @@ def test_zero_init_offsets_gives_zero_offsets() -> None:
     assert default["offset_conv"]["kernel"].any()
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_remat_changes_nothing_but_memory() -> None:
     x = jax.random.uniform(KEY, (1, 16, 16, 3), minval=-1, maxval=1)
     plain = DeblurNet(width=4, num_groups=1)

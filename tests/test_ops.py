@@ -220,6 +220,7 @@ def deform_problems(draw):
     return x, off, mask if use_mask else None, kernel, bias, stride, pad, dil, groups
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 @settings(max_examples=15, deadline=None)
 @given(deform_problems())
 def test_deform_conv_matches_loop_reference(problem):

@@ -344,6 +344,7 @@ def test_train_py_bad_flags_are_one_line(tmp_path, flag, message):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
     """A finetune finished from deblur step 6 is skipped on reruns, but once the deblur phase
     has been extended the rerun says that the finetune weights are from the older step."""

@@ -160,6 +160,7 @@ def test_finetune_loss_is_deblur_plus_lambda_reblur(tiny):
     assert jnp.isfinite(loss)
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_bfloat16_compute_step_matches_float32_and_keeps_float32_state(tiny):
     """config.compute_dtype="bfloat16": the finetune step runs both nets in bfloat16, but
     params, optimizer state and the loss stay float32, and the loss is the float32 one to

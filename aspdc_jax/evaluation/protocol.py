@@ -280,20 +280,30 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "source": loaded.source,
         "self_ensemble": cfg.self_ensemble,
     }
-
     if cfg.timing:  # first, so the peak-memory reading is this measurement's
         result["timing"] = measure_timing(deblurrer, repeats=cfg.timing_repeats)
-
     data_cfg = {
         "dataset": cfg.dataset,
         "data_dir": cfg.data_dir,
         "tfds_dir": cfg.tfds_dir,
         "gopro_variant": cfg.gopro_variant,
     }
+    pairs = eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
+    rows = _score_pairs(cfg, pairs, loaded, deblurrer, out)
+    if not rows and cfg.limit == 0:  # e.g. --timing alone
+        result["num_images"] = 0
+        _write_results(out, result)
+        return result
+    if not rows:
+        raise ValueError(f"dataset {cfg.dataset} gave no images (data_dir={cfg.data_dir!r}, split={cfg.split!r})")
+    return _summarise(cfg, rows, result, out)
+
+
+def _score_pairs(cfg: EvalConfig, pairs: Any, loaded: Any, deblurrer: Deblurrer, out: Path) -> list[dict[str, Any]]:
+    """One row of scores per pair (and the images and figures asked for)."""
     reblur_run = _reblur_fn(loaded.reblur) if cfg.reblur else None
     rows: list[dict[str, Any]] = []
     taken: set[str] = set()  # output names given so far (casefolded)
-    pairs = eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
     bar = None
     if show_progress(cfg.progress):
         from tqdm import tqdm  # noqa: PLC0415
@@ -302,52 +312,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     for index, pair in enumerate(pairs):
         if pair.sharp is None:
             raise ValueError(f"{pair.name}: no ground truth; evaluation needs paired data")
-        h, w = pair.blurred.shape[:2]
-        compilations = deblurrer.num_compilations
-        start = time.perf_counter()
-        pred = deblurrer.deblur_float(pair.blurred)
-        seconds = time.perf_counter() - start
-        compiled = deblurrer.num_compilations > compilations
-        pred_u8 = np.round(pred * 255.0).astype(np.uint8)
-        sharp = _unit(pair.sharp)
-        blurred = _unit(pair.blurred)
         rel = _output_name(pair.name, taken)
-        # "file": the saved PNG (--save_images), else the figures' name prefix (--figures).
         with_figures = cfg.figures and index < cfg.num_figures
-        file = ""
-        if cfg.save_images:
-            file = rel.as_posix()
-        elif with_figures:
-            file = rel.with_suffix("").as_posix()
-        row: dict[str, Any] = {"name": pair.name, "file": file, "height": h, "width": w}
-        if "band" in pair.meta:
-            row["band"] = pair.meta["band"]
-        try:
-            row.update(_scores(pred, sharp))
-        except ValueError as err:  # e.g. an image smaller than the SSIM window
-            raise ValueError(f"{pair.name} ({h}x{w}): {err}") from err
-        row["psnr_uint8"] = float(metrics.psnr(_unit(pred_u8), sharp))
-        row.update(_y_scores(_unit(pred_u8), sharp, cfg.crop_border))
-        base = _scores(blurred, sharp)
-        row.update({f"{k}_blurred": v for k, v in base.items()})
-        if cfg.align:
-            from aspdc_jax.evaluation.alignment import realblur_scores  # noqa: PLC0415
-
-            aligned = realblur_scores(pred, sharp, iterations=cfg.align_iterations)
-            row["psnr_aligned"], row["ssim_aligned"] = aligned["psnr"], aligned["ssim"]
-        reblurred = None
-        if reblur_run is not None:
-            hb, wb = bucket_size(h, "exact", 8), bucket_size(w, "exact", 8)
-            reblurred = np.asarray(
-                reblur_run(loaded.reblur_params, pad_to(pair.blurred, hb, wb)[None], pad_to(pair.sharp, hb, wb)[None])
-            )[0, :h, :w]
-            mean, var = metrics.mean_abs_diff_stats(reblurred, blurred)
-            row["reblur_psnr"] = float(metrics.psnr(reblurred, blurred))
-            row["reblur_ssim"] = float(metrics.ssim(reblurred, blurred))
-            row["reblur_abs_diff_mean"] = float(mean)
-            row["reblur_abs_diff_var"] = float(var)
-        row["seconds"] = seconds
-        row["compiled"] = compiled  # this image's shape was compiled first (its time includes that)
+        row, pred_u8, reblurred = _score_pair(cfg, pair, loaded, deblurrer, reblur_run)
+        # "file": the saved PNG (--save_images), else the figures' name prefix (--figures).
+        row["file"] = rel.as_posix() if cfg.save_images else rel.with_suffix("").as_posix() if with_figures else ""
         rows.append(row)
         if cfg.save_images:
             figures.save_png(out / "images" / rel, pred_u8)
@@ -359,14 +328,56 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             bar.update(1)
     if bar is not None:
         bar.close()
-    if not rows and cfg.limit == 0:  # e.g. --timing alone
-        result["num_images"] = 0
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
-        (out / "table.md").write_text(format_table(result) + "\n")
-        return result
-    if not rows:
-        raise ValueError(f"dataset {cfg.dataset} gave no images (data_dir={cfg.data_dir!r}, split={cfg.split!r})")
+    return rows
 
+
+def _score_pair(cfg: EvalConfig, pair: Any, loaded: Any, deblurrer: Deblurrer, reblur_run: Any):
+    """(row, uint8 output, reblurred image or None) of one pair."""
+    h, w = pair.blurred.shape[:2]
+    compilations = deblurrer.num_compilations
+    start = time.perf_counter()
+    pred = deblurrer.deblur_float(pair.blurred)
+    seconds = time.perf_counter() - start
+    pred_u8 = np.round(pred * 255.0).astype(np.uint8)
+    sharp, blurred = _unit(pair.sharp), _unit(pair.blurred)
+    row: dict[str, Any] = {"name": pair.name, "file": "", "height": h, "width": w}
+    if "band" in pair.meta:
+        row["band"] = pair.meta["band"]
+    try:
+        row.update(_scores(pred, sharp))
+    except ValueError as err:  # e.g. an image smaller than the SSIM window
+        raise ValueError(f"{pair.name} ({h}x{w}): {err}") from err
+    row["psnr_uint8"] = float(metrics.psnr(_unit(pred_u8), sharp))
+    row.update(_y_scores(_unit(pred_u8), sharp, cfg.crop_border))
+    row.update({f"{k}_blurred": v for k, v in _scores(blurred, sharp).items()})
+    if cfg.align:
+        from aspdc_jax.evaluation.alignment import realblur_scores  # noqa: PLC0415
+
+        aligned = realblur_scores(pred, sharp, iterations=cfg.align_iterations)
+        row["psnr_aligned"], row["ssim_aligned"] = aligned["psnr"], aligned["ssim"]
+    reblurred = None
+    if reblur_run is not None:
+        hb, wb = bucket_size(h, "exact", 8), bucket_size(w, "exact", 8)
+        reblurred = np.asarray(
+            reblur_run(loaded.reblur_params, pad_to(pair.blurred, hb, wb)[None], pad_to(pair.sharp, hb, wb)[None])
+        )[0, :h, :w]
+        mean, var = metrics.mean_abs_diff_stats(reblurred, blurred)
+        row["reblur_psnr"] = float(metrics.psnr(reblurred, blurred))
+        row["reblur_ssim"] = float(metrics.ssim(reblurred, blurred))
+        row["reblur_abs_diff_mean"] = float(mean)
+        row["reblur_abs_diff_var"] = float(var)
+    row["seconds"] = seconds
+    row["compiled"] = deblurrer.num_compilations > compilations  # its time includes compiling
+    return row, pred_u8, reblurred
+
+
+def _write_results(out: Path, result: dict[str, Any]) -> None:
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    (out / "table.md").write_text(format_table(result) + "\n")
+
+
+def _summarise(cfg: EvalConfig, rows: list[dict[str, Any]], result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Writes per_image.csv, metrics.json and table.md from the rows; returns the result."""
     keys = [k for k in rows[0] if k not in ("name", "file", "height", "width", "compiled", "band")]
     with open(out / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -424,8 +435,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "aligned": "RealBlur ECC homography + masked scores" if cfg.align else None,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
-    (out / "table.md").write_text(format_table(result) + "\n")
+    _write_results(out, result)
     return result
 
 
