@@ -263,11 +263,12 @@ class PhaseFolder:
             return None
         return restored["config"]
 
-    def restore_numpy(self, step: int, item: str) -> PyTree:
+    def restore_numpy(self, step: int, item: str, meta: dict[str, Any] | None = None) -> PyTree:
         """One array item of ``step`` (``params``, ``ema`` or ``frozen``) as numpy arrays,
         whatever device or host count wrote it: restored onto this process's first device
-        (a float32 target built from the shapes in ``meta``), then copied to the host."""
-        meta = self.meta(step)
+        (a float32 target built from the shapes in ``meta``, read unless given), then copied
+        to the host."""
+        meta = self.meta(step) if meta is None else meta
         shapes = meta["frozen_shapes"] if item == "frozen" else meta["param_shapes"]
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target: dict[str, Any] = {}
@@ -355,19 +356,19 @@ def load_workdir(directory: str | Path) -> LoadedModels:
             )
         folder, step = found[deblur_phase]
         model_config = dict(metas[deblur_phase]["model_config"])
-        deblur_params = folder.restore_numpy(step, _weights_item(metas[deblur_phase]))
+        deblur_params = folder.restore_numpy(step, _weights_item(metas[deblur_phase]), metas[deblur_phase])
         sources = [f"{deblur_phase} step {step}{_weights_note(metas[deblur_phase])}"]
         reblur_params = None
         reblur_phase = next((p for p in order if metas[p]["network"] == "reblur"), None)
         if reblur_phase is not None:
             rfolder, rstep = found[reblur_phase]
-            reblur_params = rfolder.restore_numpy(rstep, _weights_item(metas[reblur_phase]))
+            reblur_params = rfolder.restore_numpy(rstep, _weights_item(metas[reblur_phase]), metas[reblur_phase])
             sources.append(f"{reblur_phase} step {rstep}{_weights_note(metas[reblur_phase])}")
             rconfig = metas[reblur_phase]["model_config"]
             model_config["reblur_width"] = rconfig["reblur_width"]
             model_config["reblur_residual"] = bool(rconfig.get("reblur_residual", False))
         elif metas[deblur_phase]["frozen_network"] == "reblur":
-            reblur_params = folder.restore_numpy(step, "frozen")
+            reblur_params = folder.restore_numpy(step, "frozen", metas[deblur_phase])
             sources.append(f"reblur (frozen copy in {deblur_phase}) step {step}")
     finally:
         for f, _ in found.values():

@@ -181,12 +181,9 @@ def geometric_ensemble(run: Any, x: jax.Array) -> jax.Array:
     """The x8 self-ensemble (BasicSR, MAXIM): ``run`` on the 8 flips and transposes of ``x``
     (B, H, W, C), each output mapped back, averaged. The 4 flips of each orientation run
     one after another in a ``lax.map`` (the memory of one forward), all in one program."""
-    outs = []
-    for z in (x, jnp.swapaxes(x, 1, 2)):
-        y = jax.lax.map(run, _flips(z))
-        y = _flips_undone(y)
-        outs.append(y if z is x else jnp.swapaxes(y, 1, 2))
-    return (outs[0] + outs[1]) / 8.0
+    upright = _flips_undone(jax.lax.map(run, _flips(x)))
+    transposed = _flips_undone(jax.lax.map(run, _flips(jnp.swapaxes(x, 1, 2))))
+    return (upright + jnp.swapaxes(transposed, 1, 2)) / 8.0
 
 
 def _flips_undone(y: jax.Array) -> jax.Array:

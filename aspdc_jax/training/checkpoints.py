@@ -30,7 +30,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from aspdc_jax.training.phases import PHASES
-from aspdc_jax.training.state import param_shapes
 from aspdc_jax.weights import CheckpointError, PhaseFolder
 
 __all__ = [
@@ -192,10 +191,6 @@ def _abstract(x: Any) -> Any:
         return x
     sharding = getattr(x, "sharding", None)
     return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype, sharding=sharding)
-
-
-def shapes_of(params: PyTree) -> dict[str, list[int]]:
-    return param_shapes(params)
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
