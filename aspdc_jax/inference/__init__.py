@@ -19,6 +19,7 @@ from aspdc_jax.inference.deblurrer import (
     tile_starts,
     use_low_memory_cpu_scheduler,
 )
+from aspdc_jax.inference.functional import make_deblur_fn
 
 __all__ = [
     "LOW_MEMORY_CPU_FLAG",
@@ -27,6 +28,7 @@ __all__ = [
     "bucket_size",
     "geometric_ensemble",
     "load",
+    "make_deblur_fn",
     "pad_to",
     "tile_starts",
     "use_low_memory_cpu_scheduler",
