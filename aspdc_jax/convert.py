@@ -66,9 +66,13 @@ slightly from the release's near that branch's use, by design.
 CLI::
 
     python -m aspdc_jax.convert --deblur DeblurringNet_FT.pth [--reblur ReBlurringNet.pth] --out DIR
+    python -m aspdc_jax.convert --reblur ReBlurringNet.pth --out DIR   # ReblurNet only
 
 writes an export (Orbax params + ``model_config.json``) that ``aspdc_jax.weights.
-load_for_inference`` and the inference / evaluation entry points load.
+load_for_inference`` and the inference / evaluation entry points load. Either file may be
+left out: a DeblurNet-only export serves inference and evaluation (not ``--reblur``), a
+ReblurNet-only export ``evaluate.py --reblur`` (the reblurring scores, Table 4); the
+commands that need the missing network say so in one line.
 """
 
 from __future__ import annotations
@@ -557,8 +561,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Convert the official ASPDC PyTorch checkpoints (no torch needed) into "
         "an aspdc-jax export folder for inference and evaluation.",
     )
-    parser.add_argument("--deblur", required=True, type=Path, help="DeblurringNet_FT.pth or _NF.pth")
-    parser.add_argument("--reblur", type=Path, default=None, help="ReBlurringNet.pth (optional)")
+    parser.add_argument(
+        "--deblur",
+        type=Path,
+        default=None,
+        help="DeblurringNet_FT.pth or _NF.pth (leave out for a ReblurNet-only export)",
+    )
+    parser.add_argument(
+        "--reblur", type=Path, default=None, help="ReBlurringNet.pth (leave out for a DeblurNet-only export)"
+    )
     parser.add_argument(
         "--out", required=True, type=Path, help="export folder to write (new, empty, or an earlier export)"
     )
@@ -581,24 +592,40 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             raise FileExistsError(f"--out {out_dir} already holds an export; add --overwrite to replace it")
 
 
+def _export_config(deblur: DeblurNet | None, reblur: ReblurNet | None) -> dict[str, Any]:
+    """``model_config_dict`` of the networks converted; a ReblurNet-only export records only
+    the ReblurNet's keys (the DeblurNet keys would describe a network it does not hold)."""
+    if deblur is not None:
+        return model_config_dict(deblur, reblur)
+    return {k: v for k, v in model_config_dict(DeblurNet(), reblur).items() if k.startswith("reblur_")}
+
+
 def _run(args: argparse.Namespace) -> int:
     from aspdc_jax.weights import save_export  # noqa: PLC0415 (keeps orbax off the import path)
 
+    if args.deblur is None and args.reblur is None:
+        raise ValueError("nothing to convert: give --deblur DeblurringNet_FT.pth, --reblur ReBlurringNet.pth or both")
     _check_out_dir(args.out.expanduser(), args.overwrite)
-    deblur, deblur_params = deblur_from_official(read_torch_state_dict(args.deblur))
-    reblur, reblur_params = None, None
+    deblur, deblur_params, reblur, reblur_params = None, None, None, None
+    if args.deblur is not None:
+        deblur, deblur_params = deblur_from_official(read_torch_state_dict(args.deblur))
     if args.reblur is not None:
         reblur, reblur_params = reblur_from_official(read_torch_state_dict(args.reblur))
     out = save_export(
         args.out,
-        model_config=model_config_dict(deblur, reblur),
+        model_config=_export_config(deblur, reblur),
         deblur_params=deblur_params,
         reblur_params=reblur_params,
     )
     count = lambda tree: sum(int(np.size(a)) for a in flatten(tree).values())
-    print(f"DeblurNet(width={deblur.width}): {count(deblur_params):,} parameters from {args.deblur}")
+    if deblur is not None:
+        print(f"DeblurNet(width={deblur.width}): {count(deblur_params):,} parameters from {args.deblur}")
     if reblur is not None:
         print(f"ReblurNet(width={reblur.width}): {count(reblur_params):,} parameters from {args.reblur}")
+    if deblur is None:
+        print("no DeblurNet: this export serves evaluate.py --reblur (the reblurring scores) only")
+    elif reblur is None:
+        print("no ReblurNet: this export serves inference and evaluation, not evaluate.py --reblur")
     print(f"wrote {out}")
     return 0
 

@@ -6,7 +6,8 @@ reverse. Two layouts are understood by :func:`load_for_inference`:
 * an *export* (written by ``python -m aspdc_jax.convert`` or :func:`save_export`)::
 
       DIR/model_config.json   # the model_config dict (see aspdc_jax.models.model_config_dict)
-      DIR/params/             # Orbax checkpoint of {"deblur": params, "reblur": params | None}
+      DIR/params/             # Orbax checkpoint of {"deblur": params, "reblur": params}
+                              # (either may be absent: a one-network export)
       DIR/SHA256SUMS          # optional: sha256 of every other file (`write_manifest`),
                               # checked by `load_export` before anything is read
 
@@ -62,7 +63,11 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModels:
-    """Networks and parameters restored from a checkpoint folder."""
+    """Networks and parameters restored from a checkpoint folder.
+
+    ``deblur`` / ``deblur_params`` are None only for a ReblurNet-only export loaded with
+    ``load_for_inference(..., require_deblur=False)``.
+    """
 
     deblur: Any  # aspdc_jax.models.DeblurNet
     deblur_params: PyTree
@@ -80,7 +85,7 @@ def save_export(
     directory: str | Path,
     *,
     model_config: dict[str, Any],
-    deblur_params: PyTree,
+    deblur_params: PyTree | None,
     reblur_params: PyTree | None = None,
 ) -> Path:
     """Writes an inference export: Orbax params plus ``model_config.json``.
@@ -88,20 +93,26 @@ def save_export(
     Args:
       directory: target folder; created if needed. An existing export there is replaced.
       model_config: JSON-able dict of model hyper-parameters (``model_config_dict``).
-      deblur_params: DeblurNet ``params`` collection (the tree under ``"params"``).
+      deblur_params: DeblurNet ``params`` collection (the tree under ``"params"``), or
+        None for a ReblurNet-only export (``evaluate.py --reblur`` only).
       reblur_params: ReblurNet ``params`` collection, or None.
 
     Returns:
       The absolute export folder.
     """
+    if deblur_params is None and reblur_params is None:
+        raise ValueError("save_export: no parameters; give deblur_params, reblur_params or both")
     directory = Path(directory).expanduser().absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    tree = {"deblur": _to_numpy(deblur_params)}
+    tree: dict[str, Any] = {}
+    if deblur_params is not None:
+        tree["deblur"] = _to_numpy(deblur_params)
     if reblur_params is not None:
         tree["reblur"] = _to_numpy(reblur_params)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / PARAMS_DIR, tree, force=True)
     config = dict(model_config)
+    config["has_deblur"] = deblur_params is not None
     config["has_reblur"] = reblur_params is not None
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
@@ -166,10 +177,10 @@ def load_export(directory: str | Path) -> LoadedModels:
         tree = checkpointer.restore(directory / PARAMS_DIR)
     tree = _to_numpy(tree)
     deblur, reblur = model_from_config(model_config)
-    reblur_params = tree.get("reblur")
+    deblur_params, reblur_params = tree.get("deblur"), tree.get("reblur")
     return LoadedModels(
-        deblur=deblur,
-        deblur_params=tree["deblur"],
+        deblur=deblur if deblur_params is not None else None,
+        deblur_params=deblur_params,
         reblur=reblur if reblur_params is not None else None,
         reblur_params=reblur_params,
         model_config=model_config,
@@ -177,12 +188,15 @@ def load_export(directory: str | Path) -> LoadedModels:
     )
 
 
-def load_for_inference(directory: str | Path) -> LoadedModels:
+def load_for_inference(directory: str | Path, *, require_deblur: bool = True) -> LoadedModels:
     """Loads networks and params from an export or a ``train.py`` workdir / phase folder.
 
+    ``require_deblur=False`` also accepts a ReblurNet-only export (``deblur`` is then None):
+    what ``evaluate.py --reblur`` scores.
+
     Raises:
-      CheckpointError: the folder does not exist or holds no usable checkpoint; the
-        message says what was looked for.
+      CheckpointError: the folder does not exist or holds no usable checkpoint, or (with
+        ``require_deblur``) no DeblurNet; the message says what was looked for.
     """
     directory = Path(directory).expanduser().absolute()
     if directory.is_file():
@@ -192,9 +206,16 @@ def load_for_inference(directory: str | Path) -> LoadedModels:
         )
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
-    if is_export(directory):
-        return load_export(directory)
-    return load_workdir(directory)
+    if not is_export(directory):
+        return load_workdir(directory)
+    loaded = load_export(directory)
+    if require_deblur and loaded.deblur is None:
+        raise CheckpointError(
+            f"{directory} holds only a ReblurNet (an export converted from ReBlurringNet.pth alone); "
+            "deblurring needs the DeblurNet: python -m aspdc_jax.convert --deblur DeblurringNet_FT.pth "
+            "[--reblur ReBlurringNet.pth] --out DIR (evaluate.py --reblur scores this export as it is)"
+        )
+    return loaded
 
 
 # Checkpoints written before meta carried "network" and "phase_index": the paper's phases.

@@ -284,3 +284,34 @@ def test_cli_damaged_files_and_out_folder(tmp_path, capsys) -> None:
     assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / "e")]) == 2
     assert "add --overwrite" in capsys.readouterr().err
     assert convert.main(["--deblur", str(deblur_pth), "--out", str(tmp_path / "e"), "--overwrite"]) == 0
+
+
+def test_cli_one_network_exports(tmp_path, reblur_sd, capsys) -> None:
+    """Either .pth alone gives a loadable export: ReblurNet-only for evaluate.py --reblur
+    (refused, in one line, where the DeblurNet is needed), DeblurNet-only for inference."""
+    from aspdc_jax.weights import CheckpointError, load_for_inference
+
+    assert convert.main(["--out", str(tmp_path / "none")]) == 2
+    assert "error: nothing to convert: give --deblur" in capsys.readouterr().err
+    out = tmp_path / "reblur_only"
+    assert convert.main(["--reblur", str(FIXTURES / "ReBlurringNet.pth"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ReblurNet(width=4)" in printed and "DeblurNet" not in printed.split("\n")[0]
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["has_deblur"] is False and config["has_reblur"] is True and "deblur_width" not in config
+    with pytest.raises(CheckpointError, match=r"holds only a ReblurNet .*--deblur DeblurringNet_FT.pth") as err:
+        load_for_inference(out)
+    assert "\n" not in str(err.value)
+    loaded = load_for_inference(out, require_deblur=False)
+    assert loaded.deblur is None and loaded.deblur_params is None and loaded.reblur.width == 4
+    back = reblur_to_official(loaded.reblur_params)
+    assert all(np.array_equal(back[k], v) for k, v in reblur_sd.items())
+
+    out = tmp_path / "deblur_only"
+    assert convert.main(["--deblur", str(FIXTURES / "DeblurringNet_FT.pth"), "--out", str(out)]) == 0
+    assert "no ReblurNet" in capsys.readouterr().out
+    loaded = load_for_inference(out)
+    assert loaded.deblur.width == 4 and loaded.reblur is None and loaded.reblur_params is None
+    # A DeblurringNet file given as --reblur alone: the swapped-files hint, exit 2.
+    assert convert.main(["--reblur", str(FIXTURES / "DeblurringNet_FT.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert "were --deblur and --reblur swapped?" in capsys.readouterr().err

@@ -106,8 +106,15 @@ def test_evaluate_end_to_end_fake_gopro(tmp_path):
     reblur = result["reblur"]
     assert np.isfinite(reblur["psnr"]) and 0 <= reblur["ssim"] <= 1 and reblur["abs_diff_var"] >= 0
     produced = {p.name for p in (out / "figures").rglob("*.png")}
-    assert {"000000_attention.png", "000000_offsets_d4.png", "000000_diff_reblurred_vs_blurred.png"} <= produced
-    assert len(produced) == 8  # one image: input, attention, 3 offsets, 2 diffs, reblurred
+    # one image: input, attention, offsets (3 branches, one figure), the reblur differences, reblurred
+    assert produced == {f"000000_{k}.png" for k in ("input", "attention", "offsets", "reblur_diff", "reblurred")}
+    diff = json.loads((out / "figures" / "GOPR0384_11_00" / "000000_reblur_diff.json").read_text())
+    assert [p["label"] for p in diff["panels"]] == ["|sharp - blurred|", "|reblurred - blurred|"]
+    blurred, sharp = truth["GOPR0384_11_00/000000"]
+    assert diff["panels"][0]["max"] == pytest.approx(np.abs(sharp / 255 - blurred / 255).mean(-1).max(), abs=1e-5)
+    offsets = json.loads((out / "figures" / "GOPR0384_11_00" / "000000_offsets.json").read_text())
+    assert [p["label"] for p in offsets["panels"]] == ["d1: dilation 1", "d2: dilation 2", "d4: dilation 4"]
+    assert offsets["max_magnitude"] == max(p["max_magnitude"] for p in offsets["panels"])
 
 
 def test_evaluate_help_explains_itself():
@@ -193,10 +200,186 @@ def test_timing_alone_and_tiny_images(tmp_path):
     with open(tmp_path / "o4" / "per_image.csv") as f:
         assert [r["file"] for r in csv.DictReader(f)] == ["a", "", ""]  # the figures' prefix
     assert (tmp_path / "o4" / "figures" / "a_input.png").is_file()
+    _check_attention_figure(tmp_path / "o4" / "figures", export, root / "blur" / "a.png")
     for sub in ("blur", "sharp"):
         Image.fromarray(smooth_image(rng, 6, 9)).save(root / sub / "tiny.png")
     with pytest.raises(ValueError, match=r"tiny \(6x9\): .*at least 11x11"):
         evaluate(EvalConfig(out=str(tmp_path / "o3"), **common))
+
+
+def _colorbar_positions(figure: np.ndarray, box: list[int]) -> np.ndarray:
+    """Each row of the colour bar (top first) as its position in [0, 1] on the viridis map
+    (the nearest of 1001 samples to the pixel at the bar's centre column)."""
+    x0, y0, x1, y1 = box
+    column = figure[y0:y1, (x0 + x1) // 2].astype(np.int64)
+    samples = figures.colormap(np.linspace(0, 1, 1001)).astype(np.int64)
+    nearest = ((column[:, None, :] - samples[None]) ** 2).sum(-1).argmin(1)
+    return nearest / 1000.0
+
+
+def _check_attention_figure(folder: Path, export: Path, blurred_file: Path) -> None:
+    """The attention figure: one panel per branch, named; its .json's value range is the
+    model's attention's min / max; the colour bar runs monotonically from the top of the
+    colour map (vmax, top) to its bottom (vmin)."""
+    from aspdc_jax.weights import load_for_inference
+
+    figure = np.asarray(Image.open(folder / "a_attention.png"))
+    info = json.loads((folder / "a_attention.json").read_text())
+    loaded = load_for_inference(export)
+    attention = figures.model_maps(loaded.deblur, loaded.deblur_params, np.asarray(Image.open(blurred_file)))[
+        "attention"
+    ]
+    assert [p["label"] for p in info["panels"]] == [
+        "static: no offsets",
+        "d1: dilation 1",
+        "d2: dilation 2",
+        "d4: dilation 4",
+    ]
+    assert info["vmin"] == pytest.approx(float(attention.min()), abs=1e-6)
+    assert info["vmax"] == pytest.approx(float(attention.max()), abs=1e-5)
+    for k, panel in enumerate(info["panels"]):
+        assert panel["max"] == pytest.approx(float(attention[..., k].max()), abs=1e-6)
+        x0, y0, x1, y1 = panel["box"]
+        assert (x1 - x0, y1 - y0) == (24, 20)  # the image's size (attention upsampled x4, cropped)
+    assert figure.shape[1] >= 4 * 24 and figure.shape[0] > 20
+    positions = _colorbar_positions(figure, info["colorbar"]["box"])
+    assert np.all(np.diff(positions) <= 0.01) and positions[0] > 0.99 and positions[-1] < 0.01
+
+
+def test_figures_have_titles_colour_bars_and_value_ranges(tmp_path):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 7, 4))
+    attention = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labels = figures.branch_labels(("static", "d1", "d2", "d4"))
+    image, info = figures.attention_figure(attention, labels, factor=4, height=22, width=26, title="x: attention")
+    figures.save_figure(tmp_path / "att.png", image, info)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "att.png")), image)
+    assert json.loads((tmp_path / "att.json").read_text()) == info
+    assert (info["vmin"], info["vmax"]) == pytest.approx((attention.min(), attention.max()))
+    # Every panel shows its branch's map on the shared scale (viridis of (a - vmin) / span).
+    for k, panel in enumerate(info["panels"]):
+        x0, y0, x1, y1 = panel["box"]
+        expected = figures.colormap((attention[..., k] - info["vmin"]) / (info["vmax"] - info["vmin"]))
+        np.testing.assert_array_equal(image[y0:y1:4, x0:x1:4], expected[: (y1 - y0 + 3) // 4, : (x1 - x0 + 3) // 4])
+    positions = _colorbar_positions(image, info["colorbar"]["box"])
+    assert np.all(np.diff(positions) <= 0.01) and positions[0] > 0.99 and positions[-1] < 0.01
+    title_rows = image[: info["panels"][0]["box"][1]]
+    assert (title_rows < 128).any()  # the title and captions are drawn (dark text on white)
+    assert figures.branch_labels(("d2",), 3) == ["d2 #1: dilation 2", "d2 #2: dilation 2", "d2 #3: dilation 2"]
+    with pytest.raises(ValueError, match="4 attention maps but 3 labels"):
+        figures.attention_figure(attention, labels[:3])
+
+    sharp = rng.random((20, 24, 3))
+    blurred = sharp * 0.5
+    image, info = figures.reblur_diff_figure(sharp, blurred + 0.01, blurred, title="x: diff")
+    assert (info["vmin"], info["vmax"], info["clipped_above"]) == (0.0, 0.1, True)
+    assert info["panels"][1]["max"] == pytest.approx(0.01, abs=1e-6)
+    assert info["panels"][0]["max"] == pytest.approx(np.abs(sharp - blurred).mean(-1).max(), abs=1e-6)
+
+    offsets = np.zeros((5, 6, 36), np.float32)
+    offsets[..., 18:36:2] = 2.0  # branch 2: every tap moves 2 px down
+    image, info = figures.offsets_figure(offsets, ["d1: dilation 1", "d2: dilation 2"], factor=4, title="x: offsets")
+    assert [p["max_magnitude"] for p in info["panels"]] == [0.0, 2.0] and info["max_magnitude"] == 2.0
+    x0, y0, x1, y1 = info["panels"][0]["box"]
+    assert (image[y0:y1, x0:x1] == 255).all()  # no motion is white
+    x0, y0, x1, y1 = info["wheel"]["box"]
+    wheel = image[y0:y1, x0:x1]
+    assert (wheel[0, 0] == 255).all() and len(np.unique(wheel.reshape(-1, 3), axis=0)) > 50
+
+
+def test_limit_reads_only_the_first_pairs(tmp_path):
+    """--limit N reads the first N pairs' files directly: no store is prepared, a corrupt
+    file after them is never opened, and they are exactly the store's first N pairs."""
+    from aspdc_jax.data import eval_pairs
+    from aspdc_jax.evaluation.protocol import EvalConfig, _eval_pairs, evaluate
+
+    data = tmp_path / "data"
+    truth = _gopro_tree(data, h=20, w=24)
+    stored = list(eval_pairs({"dataset": "gopro", "data_dir": str(data), "tfds_dir": str(tmp_path / "store")}))
+    common = dict(dataset="gopro", data_dir=str(data), tfds_dir=str(tmp_path / "tfds"), progress=False)
+    direct = list(_eval_pairs(EvalConfig(ckpt="", out="", limit=3, **common)))
+    assert [p.name for p in direct] == [p.name for p in stored[:3]] == sorted(truth)[:3]
+    for a, b in zip(direct, stored):
+        assert np.array_equal(a.blurred, b.blurred) and np.array_equal(a.sharp, b.sharp) and a.meta == b.meta
+    last = data / "GOPRO_Large" / "test" / "GOPR0385_11_01" / "blur" / "000001.png"
+    last.write_bytes(b"not a png")  # the 4th pair: never read with --limit 3
+    export = tiny_export(tmp_path / "export")
+    result = evaluate(EvalConfig(ckpt=str(export), out=str(tmp_path / "out"), limit=3, **common))
+    assert result["num_images"] == 3 and not (tmp_path / "tfds").exists()
+    with pytest.raises(ValueError, match="000001.png"):  # without --limit the whole split is read
+        evaluate(EvalConfig(ckpt=str(export), out=str(tmp_path / "out2"), **common))
+
+
+def test_scan_split_lists_a_split_without_reading_it(tmp_path):
+    from aspdc_jax.data import layouts
+
+    for split in ("train", "test"):
+        for sub in ("blur", "sharp"):
+            (tmp_path / "pf" / split / sub).mkdir(parents=True)
+            (tmp_path / "pf" / split / sub / f"{split}_b.png").write_bytes(b"never read")
+            (tmp_path / "pf" / split / sub / f"{split}_a.png").write_bytes(b"never read")
+    assert [p.name for p in layouts.scan_split("paired_folder", tmp_path / "pf", "test")] == ["test_a", "test_b"]
+    with pytest.raises(ValueError, match="needs the folder holding it"):
+        layouts.scan_split("gopro", None, "test")
+    with pytest.raises(ValueError, match=r"hide: no split 'train'"):
+        (tmp_path / "HIDE_dataset" / "GT").mkdir(parents=True)
+        layouts.scan_split("hide", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="RealBlur-R: list file"):
+        (tmp_path / "rb").mkdir()
+        (tmp_path / "rb" / "RealBlur_J_test_list.txt").write_text("")
+        layouts.scan_split("realblur_r", tmp_path / "rb", "test")
+
+
+def test_limit_synthetic_makes_only_the_prefix():
+    from aspdc_jax.data import eval_pairs
+    from aspdc_jax.evaluation.protocol import EvalConfig, _eval_pairs
+
+    full = list(eval_pairs({"dataset": "synthetic"}, limit=13))
+    prefix = _eval_pairs(EvalConfig(ckpt="", out="", dataset="synthetic", limit=13))
+    assert len(prefix) == 13
+    for a, b in zip(prefix, full, strict=True):
+        assert a.name == b.name and np.array_equal(a.blurred, b.blurred) and np.array_equal(a.sharp, b.sharp)
+
+
+def test_reblur_only_export_scores_table4(tmp_path):
+    """A ReblurNet-only export: evaluate --reblur scores Table 4 alone (and its figures);
+    without --reblur, or with a flag that needs the DeblurNet, one clear line."""
+    from aspdc_jax.evaluation.protocol import EvalConfig, evaluate, format_table
+    from aspdc_jax.models import model_config_dict
+    from aspdc_jax.weights import CheckpointError, save_export
+    from tests.helpers.models import tiny_models
+
+    deblur, _, reblur, rparams = tiny_models()
+    export = save_export(
+        tmp_path / "reblur_only",
+        model_config=model_config_dict(deblur, reblur),
+        deblur_params=None,
+        reblur_params=rparams,
+    )
+    root = tmp_path / "pf"
+    rng = np.random.default_rng(3)
+    for sub in ("blur", "sharp"):
+        (root / sub).mkdir(parents=True)
+        Image.fromarray(smooth_image(rng, 20, 24)).save(root / sub / "a.png")
+    common = dict(
+        ckpt=str(export), dataset="paired_folder", data_dir=str(root), tfds_dir=str(tmp_path / "t"), progress=False
+    )
+    result = evaluate(EvalConfig(out=str(tmp_path / "o"), reblur=True, figures=True, **common))
+    assert result["num_images"] == 1 and result["networks"] == ["reblur"] and "psnr" not in result
+    assert np.isfinite(result["reblur"]["psnr"]) and "Reblurring (Table 4)" in format_table(result)
+    assert {p.name for p in (tmp_path / "o" / "figures").iterdir()} == {
+        "a_input.png",
+        "a_reblur_diff.png",
+        "a_reblur_diff.json",
+        "a_reblurred.png",
+    }
+    with pytest.raises(CheckpointError, match=r"holds only a ReblurNet .*evaluate.py --reblur scores") as err:
+        evaluate(EvalConfig(out=str(tmp_path / "o2"), **common))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="--timing needs the DeblurNet, but .* holds only a ReblurNet"):
+        evaluate(EvalConfig(out=str(tmp_path / "o3"), reblur=True, timing=True, **common))
+    with pytest.raises(CheckpointError, match="holds only a ReblurNet"):
+        inference.load(export)
 
 
 def test_output_names_keep_dots_and_never_collide(tmp_path):

@@ -23,6 +23,7 @@ __all__ = [
     "scan_hide",
     "scan_paired_folder",
     "scan_realblur",
+    "scan_split",
     "scan_unpaired_folder",
     "paired_folder_splits",
 ]
@@ -271,3 +272,36 @@ def scan_unpaired_folder(folder: str | pathlib.Path) -> list[PairFile]:
     if not files:
         raise FileNotFoundError(f"unpaired_folder: no images (.png/.jpg/...) in {folder}")
     return _unique_names([PairFile(b.stem, b, None, {"file": b.name}) for b in files])
+
+
+def scan_split(
+    dataset: str, data_dir: str | pathlib.Path | None, split: str, gopro_variant: str = "blur"
+) -> list[PairFile]:
+    """The pairs of one split of ``dataset`` (``gopro``, ``hide``, ``realblur_j``,
+    ``realblur_r``, ``paired_folder``, ``unpaired_folder``) in the order its store holds them
+    (the store of that split is written in this order), without reading any image.
+
+    ``data_dir`` is checked as `check_data_dir` does; a single paired folder (no train/ and
+    test/) serves every split. Raises FileNotFoundError / ValueError naming what is missing.
+    """
+    builder = "realblur" if dataset.startswith("realblur") else dataset
+    if builder not in EXPECTED_LAYOUT:
+        raise ValueError(f"scan_split: no folder layout for dataset {dataset!r}")
+    if data_dir is None:
+        raise ValueError(f"dataset {dataset} needs the folder holding it (evaluate.py: --data_dir); got none")
+    root = check_data_dir(builder, data_dir)
+    if dataset == "gopro":
+        return scan_gopro(root, split, gopro_variant)
+    if dataset == "hide":
+        if split != "test":
+            raise ValueError(f"hide: no split {split!r} (it has ['test'])")
+        return scan_hide(root, "test")
+    if builder == "realblur":
+        return scan_realblur(root, split, dataset[-1].upper())
+    if dataset == "unpaired_folder":
+        return scan_unpaired_folder(root)
+    splits = paired_folder_splits(root)
+    folder = splits.get(split, splits.get("data"))
+    if folder is None:
+        raise ValueError(f"paired_folder: no split {split!r} in {root} (it has {sorted(splits)})")
+    return scan_paired_folder(folder)

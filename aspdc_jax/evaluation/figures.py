@@ -2,10 +2,20 @@
 and reblurring difference maps (Fig. 7). numpy + Pillow only (no matplotlib).
 
 All image outputs are uint8 RGB (H, W, 3) arrays; :func:`save_png` writes them.
+
+:func:`attention_figure`, :func:`offsets_figure` and :func:`reblur_diff_figure` are the
+readable versions that ``evaluate.py --figures`` writes: a title, one labelled panel per
+branch (or per difference) with its value range, and a colour bar with ticks (the offsets
+get a colour-wheel legend with the largest magnitude instead). Each returns the figure and
+a JSON-able ``info`` dict (the colour scale, every panel's min / max / mean, where the
+colour bar lies in the image) that :func:`save_figure` writes next to the PNG.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +24,21 @@ import numpy as np
 
 from aspdc_jax.images import to_model
 from aspdc_jax.inference import bucket_size, pad_to
+from aspdc_jax.models.aspdc import BRANCH_DILATIONS
 
 __all__ = [
+    "attention_figure",
     "attention_strip",
+    "branch_labels",
     "colormap",
     "comparison",
     "diff_map",
     "flow_to_color",
     "model_maps",
     "offset_flow_images",
+    "offsets_figure",
+    "reblur_diff_figure",
+    "save_figure",
     "save_png",
 ]
 
@@ -179,17 +195,24 @@ def attention_strip(
     return np.concatenate(out, axis=1)
 
 
+def _mean_flows(offsets: np.ndarray) -> list[np.ndarray]:
+    """Offsets (h, w, 18 * n) -> per deformable branch the mean (dy, dx) over its 9 taps,
+    float32 (h, w, 2)."""
+    offsets = np.asarray(offsets, np.float32)
+    h, w, c = offsets.shape
+    if c % 18:
+        raise ValueError(f"offset_flow_images: channels must be a multiple of 18, got {c}")
+    return [offsets[..., 18 * b : 18 * (b + 1)].reshape(h, w, 9, 2).mean(axis=2) for b in range(c // 18)]
+
+
 def offset_flow_images(
     offsets: np.ndarray, *, factor: int = 1, height: int | None = None, width: int | None = None
 ) -> list[np.ndarray]:
     """Offsets (h, w, 18 * n_branches) of one ASPDC module -> one flow-colour uint8 image per
     deformable branch: the mean (dy, dx) over the 9 taps, on a colour scale shared by all
     branches (so magnitudes compare across dilations)."""
-    offsets = np.asarray(offsets, np.float32)
-    h, w, c = offsets.shape
-    if c % 18:
-        raise ValueError(f"offset_flow_images: channels must be a multiple of 18, got {c}")
-    flows = [offsets[..., 18 * b : 18 * (b + 1)].reshape(h, w, 9, 2).mean(axis=2) for b in range(c // 18)]
+    flows = _mean_flows(offsets)
+    h, w = flows[0].shape[:2] if flows else (0, 0)
     peak = max((float(np.hypot(f[..., 0], f[..., 1]).max(initial=0.0)) for f in flows), default=0.0)
     height = height or h * factor
     width = width or w * factor
@@ -242,3 +265,288 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+# ----------------------------------------------------------------------------- readable figures
+# A figure is a title over a row of captioned panels and a legend (a colour bar, or the
+# flow colour wheel); boxes are [x0, y0, x1, y1] pixel coordinates, x1 / y1 exclusive.
+
+
+def _font(size: int) -> Any:
+    """Pillow's built-in font at ``size`` px (its fixed bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont  # noqa: PLC0415
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _font_size(panel_height: int) -> int:
+    """Text size for panels ``panel_height`` px high: 11 px up to 28 px (for 720p and up)."""
+    return int(np.clip(round(panel_height / 30), 11, 28))
+
+
+def _line_height(font: Any) -> int:
+    return int(font.getbbox("Ag|")[3]) + 3
+
+
+def _text_width(font: Any, text: str) -> int:
+    return int(math.ceil(font.getlength(text)))
+
+
+def _fmt(value: float) -> str:
+    return f"{float(value):.3g}"
+
+
+def _text_block(lines: Sequence[str], width: int, font: Any, *, center: bool = False) -> np.ndarray:
+    """White uint8 (len(lines) * line height, width, 3) block with ``lines`` in black."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    lh = _line_height(font)
+    image = Image.new("RGB", (max(width, 1), lh * max(len(lines), 1)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        x = max((width - _text_width(font, line)) // 2, 0) if center else 0
+        draw.text((x, i * lh), line, fill="black", font=font)
+    return np.asarray(image)
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide (a longer word stays whole)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and _text_width(font, trial) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def _place(canvas: np.ndarray, image: np.ndarray, y: int, x: int) -> list[int]:
+    """Copies ``image`` into ``canvas`` with its top-left corner at (y, x); returns its box."""
+    h, w = image.shape[:2]
+    canvas[y : y + h, x : x + w] = image
+    return [x, y, x + w, y + h]
+
+
+Column = tuple[Sequence[str], np.ndarray]  # (caption lines, uint8 (H, W, 3) image)
+
+
+def _compose(title: str, panels: Sequence[Column], legend: Column, legend_box: list[int], size: int):
+    """The figure: ``title`` (wrapped) over the ``panels`` side by side, each under its
+    caption, and the ``legend`` column on the right; ``legend_box`` is the box of its scale
+    inside the legend image.
+
+    Returns (uint8 figure, {"panels": [box per panel], "legend": the scale's box in the figure}).
+    """
+    font = _font(size)
+    lh, pad = _line_height(font), max(4, size // 2)
+    columns = [*panels, legend]
+    caption_lines = max(len(cap) for cap, _ in columns)
+    widths = [max([img.shape[1]] + [_text_width(font, t) for t in cap]) for cap, img in columns]
+    row_width = sum(widths) + pad * (len(columns) - 1)
+    title_lines = _wrap(title, font, max(row_width, 36 * size))
+    width = max([row_width] + [_text_width(font, t) for t in title_lines]) + 2 * pad
+    top = pad + lh * len(title_lines) + pad
+    height = top + lh * caption_lines + max(img.shape[0] for _, img in columns) + pad
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    _place(canvas, _text_block(title_lines, width - 2 * pad, font), pad, pad)
+    x, boxes = pad, []
+    for (caption, image), w in zip(columns, widths):
+        _place(canvas, _text_block(caption, w, font, center=True), top, x)
+        boxes.append(_place(canvas, image, top + lh * caption_lines, x + (w - image.shape[1]) // 2))
+        x += w + pad
+    lx, ly = boxes[-1][:2]
+    x0, y0, x1, y1 = legend_box
+    return canvas, {"panels": boxes[:-1], "legend": [lx + x0, ly + y0, lx + x1, ly + y1]}
+
+
+def _colorbar(vmin: float, vmax: float, height: int, font: Any, *, clipped: bool = False):
+    """Vertical viridis bar, ``vmax`` at the top, with ticks at ``vmin``, the middle and
+    ``vmax`` (read "<vmax>+" when ``clipped``: larger values take the top colour).
+
+    Returns (uint8 image, the bar's box in it); the bar's row r (from its top, n rows) is
+    ``colormap(1 - r / (n - 1))``.
+    """
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    lh = _line_height(font)
+    bar_w, bar_h, margin, tick = max(10, lh), max(height, 4 * lh), lh // 2 + 1, max(3, lh // 3)
+    ticks = [(0.0, vmin), (0.5, (vmin + vmax) / 2), (1.0, vmax)]
+    labels = [_fmt(v) for _, v in ticks]
+    labels[-1] += "+" if clipped else ""
+    label_w = max(_text_width(font, t) for t in labels)
+    image = Image.new("RGB", (bar_w + tick + 2 + label_w, bar_h + 2 * margin), "white")
+    bar = np.repeat(colormap(np.linspace(1.0, 0.0, bar_h))[:, None, :], bar_w, axis=1)
+    image.paste(Image.fromarray(bar), (0, margin))
+    draw = ImageDraw.Draw(image)
+    for (t, _), text in zip(ticks, labels):
+        y = margin + round((1 - t) * (bar_h - 1))
+        draw.line([(bar_w, y), (bar_w + tick, y)], fill="black")
+        draw.text((bar_w + tick + 2, y - lh // 2), text, fill="black", font=font)
+    return np.asarray(image), [0, margin, bar_w, margin + bar_h]
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, np.float64)
+    return {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean())}
+
+
+def _scaled_figure(
+    title: str,
+    panels: Sequence[Column],
+    stats: Sequence[dict[str, Any]],
+    vmin: float,
+    vmax: float,
+    *,
+    quantity: str,
+    clipped: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``panels`` (viridis images of values scaled from [vmin, vmax] to [0, 1]) with a
+    colour bar captioned ``quantity``; returns (uint8 figure, info)."""
+    size = _font_size(max(img.shape[0] for _, img in panels))
+    bar, box = _colorbar(vmin, vmax, max(img.shape[0] for _, img in panels), _font(size), clipped=clipped)
+    image, layout = _compose(title, panels, ([quantity], bar), box, size)
+    info = {
+        "title": title,
+        "colormap": "viridis",
+        "vmin": float(vmin),
+        "vmax": float(vmax),
+        "clipped_above": bool(clipped),
+        "panels": [dict(s, box=b) for s, b in zip(stats, layout["panels"])],
+        "colorbar": {"box": layout["legend"], "orientation": "vertical", "bottom": float(vmin), "top": float(vmax)},
+    }
+    return image, info
+
+
+def branch_labels(branches: Sequence[str], branch_repeat: int = 1) -> list[str]:
+    """One label per ASPDC branch (the attention channels' order, `aspdc.branch_names`):
+    ``"static: no offsets"``, ``"d2: dilation 2"``; repeated branches ``"d2 #1: dilation 2"``."""
+    labels = []
+    for branch in branches:
+        dilation = BRANCH_DILATIONS.get(branch, 1)
+        what = f"dilation {dilation}" if dilation else "no offsets"
+        for k in range(branch_repeat):
+            labels.append(f"{branch}{f' #{k + 1}' if branch_repeat > 1 else ''}: {what}")
+    return labels
+
+
+def attention_figure(
+    attention: np.ndarray,
+    labels: Sequence[str],
+    *,
+    factor: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+    title: str = "",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """AFIM attention float (h, w, n) in [0, 1] (a softmax over the n branches) -> figure.
+
+    One panel per branch (``labels``, e.g. `branch_labels`), nearest-upsampled by ``factor``
+    and cropped to ``height x width``, captioned with that branch's own min .. max; all on
+    one viridis scale from the smallest to the largest weight of every panel (the colour
+    bar's ends, ``info["vmin"]`` / ``info["vmax"]``). Returns (uint8 (H, W, 3), info).
+    """
+    attention = np.asarray(attention, np.float32)
+    h, w, n = attention.shape
+    if len(labels) != n:
+        raise ValueError(f"attention_figure: {n} attention maps but {len(labels)} labels")
+    height, width = height or h * factor, width or w * factor
+    lo, hi = float(attention.min()), float(attention.max())
+    span = max(hi - lo, 1e-6)
+    panels, stats = [], []
+    for k, label in enumerate(labels):
+        a = attention[..., k]
+        stats.append({"label": label, **_stats(a)})
+        caption = [label, f"{_fmt(a.min())} .. {_fmt(a.max())}"]
+        panels.append((caption, colormap(_upsample((a - lo) / span, factor, height, width))))
+    return _scaled_figure(title, panels, stats, lo, lo + span, quantity="weight")
+
+
+def _flow_wheel(size: int) -> np.ndarray:
+    """uint8 (size, size, 3) colour wheel: each point has the colour of a motion from the
+    centre to it, saturated at the rim (= the largest magnitude); white outside."""
+    r = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    flow = np.stack([(yy - r) / r, (xx - r) / r], axis=-1)
+    wheel = flow_to_color(flow, max_magnitude=1.0)
+    wheel[np.hypot(flow[..., 0], flow[..., 1]) > 1.0] = 255
+    return wheel
+
+
+def offsets_figure(
+    offsets: np.ndarray,
+    labels: Sequence[str],
+    *,
+    factor: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+    title: str = "",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Offsets float (h, w, 18 * n) of one ASPDC module (quarter-resolution px) -> figure.
+
+    One panel per deformable branch (``labels``): `offset_flow_images` (the mean (dy, dx)
+    over the 9 taps; hue = direction, saturation = magnitude on one scale for all
+    branches), captioned with the branch's largest magnitude; the legend is the colour
+    wheel, whose rim is the largest magnitude of all (``info["max_magnitude"]``).
+    Returns (uint8 (H, W, 3), info).
+    """
+    flows = _mean_flows(offsets)
+    if not flows:
+        raise ValueError("offsets_figure: no deformable branch (offsets with 0 channels)")
+    if len(labels) != len(flows):
+        raise ValueError(f"offsets_figure: {len(flows)} deformable branches but {len(labels)} labels")
+    images = offset_flow_images(offsets, factor=factor, height=height, width=width)
+    mags = [np.hypot(f[..., 0], f[..., 1]) for f in flows]
+    peak = max((float(m.max(initial=0.0)) for m in mags), default=0.0)
+    stats: list[dict[str, Any]] = [
+        {"label": label, "max_magnitude": float(m.max(initial=0.0)), "mean_magnitude": float(m.mean())}
+        for label, m in zip(labels, mags)
+    ]
+    panels: list[Column] = [([s["label"], f"max {_fmt(s['max_magnitude'])} px"], img) for s, img in zip(stats, images)]
+    size = _font_size(max(img.shape[0] for img in images))
+    side = int(np.clip(images[0].shape[0], 48, 160))
+    legend = (["hue: direction", f"rim: {_fmt(peak)} px"], _flow_wheel(side))
+    image, layout = _compose(title, panels, legend, [0, 0, side, side], size)
+    info = {
+        "title": title,
+        "max_magnitude": peak,
+        "units": "pixels at quarter resolution (x4 in input pixels)",
+        "panels": [dict(s, box=b) for s, b in zip(stats, layout["panels"])],
+        "wheel": {"box": layout["legend"], "rim_magnitude": peak},
+    }
+    return image, info
+
+
+def reblur_diff_figure(
+    sharp: np.ndarray, reblurred: np.ndarray, blurred: np.ndarray, *, scale: float = 0.1, title: str = ""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fig. 7: ``|sharp - blurred|`` and ``|reblurred - blurred|`` side by side.
+
+    Inputs float (H, W, 3) in [0, 1]; each difference is averaged over the channels and
+    drawn on one viridis scale 0 .. ``scale`` (default 0.1 = 25.5 grey levels; larger values
+    take the top colour and the colour bar's top tick reads "0.1+"), captioned with its own
+    max and mean. Returns (uint8 (H, W, 3), info).
+    """
+    blurred = np.asarray(blurred, np.float32)
+    diffs = {
+        "|sharp - blurred|": np.abs(np.asarray(sharp, np.float32) - blurred).mean(axis=-1),
+        "|reblurred - blurred|": np.abs(np.asarray(reblurred, np.float32) - blurred).mean(axis=-1),
+    }
+    panels = [
+        ([label, f"max {_fmt(d.max())}, mean {_fmt(d.mean())}"], colormap(d / scale)) for label, d in diffs.items()
+    ]
+    stats: list[dict[str, Any]] = [{"label": label, **_stats(d)} for label, d in diffs.items()]
+    clipped = any(s["max"] > scale for s in stats)
+    return _scaled_figure(title, panels, stats, 0.0, scale, quantity="|diff|", clipped=clipped)
+
+
+def save_figure(path: str | Path, image: np.ndarray, info: dict[str, Any]) -> None:
+    """Writes the figure ``image`` (uint8 (H, W, 3)) as PNG and ``info`` next to it (.json)."""
+    path = Path(path)
+    save_png(path, image)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")

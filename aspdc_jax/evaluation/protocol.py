@@ -11,6 +11,13 @@
   ``align`` the RealBlur-protocol ``psnr_aligned`` / ``ssim_aligned``;
 * ``images/`` (``save_images``), ``figures/`` (``figures``).
 
+``limit`` (``--limit N``) scores the first N pairs in the store's (sorted-name) order
+and reads only those: for the folder datasets their files directly (no store is
+prepared, no other image is opened), for ``synthetic`` only the first N pairs are made.
+
+A ReblurNet-only export (``python -m aspdc_jax.convert --reblur ...``) is scored with
+``reblur`` alone: the Table 4 block, without the deblurring scores.
+
 Protocols (see :mod:`aspdc_jax.evaluation.metrics`): scores are per image on [0, 1] RGB and averaged
 over images. ``psnr`` / ``ssim`` / ``ssim_official`` use the network output before uint8
 quantisation (clipped to [0, 1]); ``psnr_uint8`` scores the saved uint8 image. Images are
@@ -213,6 +220,9 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
 
     if not result["num_images"] and "timing" in result:  # --limit 0 --timing: timing only
         return _timing_table(result["timing"])
+    if "psnr" not in result and "reblur" in result:  # a ReblurNet-only export
+        count = result["num_images"]
+        return _reblur_table(result["reblur"]) + f"\n({count} image{'' if count == 1 else 's'}; ReblurNet only)"
     if result["num_images"]:
         lines.append(
             row("Blurred input", result["psnr_blurred"], result["ssim_blurred"], result["ssim_official_blurred"])
@@ -236,15 +246,19 @@ def format_table(result: dict[str, Any], label: str = "ASPDC (this checkpoint)")
             f"SSIM {result['ssim_aligned']:.4f}"
         )
     if "reblur" in result:
-        r = result["reblur"]
-        text += (
-            "\n\n| Reblurring (Table 4) | PSNR | SSIM | mean abs diff | var abs diff |\n|---|---:|---:|---:|---:|\n"
-            f"| ReblurNet (this checkpoint) | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-            f"{r['abs_diff_mean']:.3e} | {r['abs_diff_var']:.3e} |\n({PAPER_TABLE4}; |I_r - I_b| on [0,1])"
-        )
+        text += "\n\n" + _reblur_table(result["reblur"])
     if "timing" in result:
         text += "\n\n" + _timing_table(result["timing"])
     return text
+
+
+def _reblur_table(r: dict[str, Any]) -> str:
+    """Table 4: the reblurring network's scores against the blurred input."""
+    return (
+        "| Reblurring (Table 4) | PSNR | SSIM | mean abs diff | var abs diff |\n|---|---:|---:|---:|---:|\n"
+        f"| ReblurNet (this checkpoint) | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+        f"{r['abs_diff_mean']:.3e} | {r['abs_diff_var']:.3e} |\n({PAPER_TABLE4}; |I_r - I_b| on [0,1])"
+    )
 
 
 def _timing_table(t: dict[str, Any]) -> str:
@@ -258,37 +272,40 @@ def _timing_table(t: dict[str, Any]) -> str:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Runs the evaluation described by ``cfg``; returns what ``metrics.json`` holds."""
-    from aspdc_jax.data import eval_pairs  # noqa: PLC0415
     from aspdc_jax.weights import load_for_inference  # noqa: PLC0415
 
     if cfg.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {cfg.dataset!r}")
     out = _out_folder(cfg.out)
-    loaded = load_for_inference(cfg.ckpt)
+    loaded = load_for_inference(cfg.ckpt, require_deblur=not cfg.reblur)
     if cfg.reblur and loaded.reblur is None:
         raise ValueError(
             f"--reblur needs a ReblurNet, but {cfg.ckpt} holds only the deblurring network "
             "(export with reblur params, or point at a train.py workdir with a reblur phase)"
         )
-    deblurrer = Deblurrer.from_loaded(
-        loaded, bucket=cfg.bucket, dtype=cfg.dtype, tile=cfg.tile, overlap=cfg.overlap, self_ensemble=cfg.self_ensemble
-    )
+    deblurrer = None
+    if loaded.deblur is not None:
+        deblurrer = Deblurrer.from_loaded(
+            loaded,
+            bucket=cfg.bucket,
+            dtype=cfg.dtype,
+            tile=cfg.tile,
+            overlap=cfg.overlap,
+            self_ensemble=cfg.self_ensemble,
+        )
+    else:
+        _check_reblur_only(cfg)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "dataset": cfg.dataset,
         "checkpoint": str(cfg.ckpt),
         "source": loaded.source,
         "self_ensemble": cfg.self_ensemble,
+        "networks": ["deblur"] * (loaded.deblur is not None) + ["reblur"] * cfg.reblur,
     }
-    if cfg.timing:  # first, so the peak-memory reading is this measurement's
+    if cfg.timing and deblurrer is not None:  # first, so the peak-memory reading is this measurement's
         result["timing"] = measure_timing(deblurrer, repeats=cfg.timing_repeats)
-    data_cfg = {
-        "dataset": cfg.dataset,
-        "data_dir": cfg.data_dir,
-        "tfds_dir": cfg.tfds_dir,
-        "gopro_variant": cfg.gopro_variant,
-    }
-    pairs = eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
+    pairs = _eval_pairs(cfg)
     rows = _score_pairs(cfg, pairs, loaded, deblurrer, out)
     if not rows and cfg.limit == 0:  # e.g. --timing alone
         result["num_images"] = 0
@@ -299,7 +316,76 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return _summarise(cfg, rows, result, out)
 
 
-def _score_pairs(cfg: EvalConfig, pairs: Any, loaded: Any, deblurrer: Deblurrer, out: Path) -> list[dict[str, Any]]:
+def _check_reblur_only(cfg: EvalConfig) -> None:
+    """ValueError naming the first flag that needs the DeblurNet (a ReblurNet-only export)."""
+    needs = {
+        "--timing": cfg.timing,
+        "--save_images": cfg.save_images,
+        "--compare": cfg.compare,
+        "--align": cfg.align,
+        "--self_ensemble": cfg.self_ensemble,
+    }
+    for flag, given in needs.items():
+        if given:
+            raise ValueError(
+                f"{flag} needs the DeblurNet, but {cfg.ckpt} holds only a ReblurNet (a ReblurNet-only "
+                "export scores --reblur alone); leave out the flag or give a checkpoint with the DeblurNet"
+            )
+
+
+def _eval_pairs(cfg: EvalConfig) -> Any:
+    """The pairs to score (an `aspdc_jax.data.EvalPairs`), in the store's order.
+
+    With ``limit`` only the first ``limit`` pairs are read: the folder datasets' files
+    directly (`_first_pairs`: no store is prepared, nothing after them is opened), and for
+    ``synthetic`` only as many crops per photo as the prefix needs are made (each pair
+    depends only on its seed, photo, band and crop index, so they are the same pairs).
+    """
+    from aspdc_jax.data import pipeline  # noqa: PLC0415
+
+    data_cfg: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir,
+        "tfds_dir": cfg.tfds_dir,
+        "gopro_variant": cfg.gopro_variant,
+    }
+    if cfg.limit is None or cfg.split == pipeline.VAL_SPLIT:  # val: a random sample of the train split
+        return pipeline.eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
+    if cfg.limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {cfg.limit}")
+    if cfg.dataset != "synthetic":
+        return _first_pairs(cfg)
+    from aspdc_jax.data import synthetic  # noqa: PLC0415
+
+    per_crop = len(synthetic.photo_source(cfg.data_dir, cfg.split)) * len(synthetic.BANDS)
+    crops = min(3, -(-cfg.limit // max(per_crop, 1)))  # 3: eval_pairs' synthetic_test_crops_per_photo
+    return pipeline.eval_pairs(dict(data_cfg, synthetic_test_crops_per_photo=crops), split=cfg.split, limit=cfg.limit)
+
+
+def _first_pairs(cfg: EvalConfig) -> Any:
+    """The first ``cfg.limit`` pairs of a folder dataset's split, read from their files
+    (uint8 (H, W, 3), the pixels the store would hold); the split is listed, not read."""
+    from aspdc_jax.data import imageio, layouts, pipeline  # noqa: PLC0415
+
+    files = layouts.scan_split(cfg.dataset, cfg.data_dir, cfg.split, cfg.gopro_variant)[: cfg.limit]
+
+    def read(pair: Any) -> Any:
+        blurred = imageio.read_rgb8(pair.blurred)
+        sharp = imageio.read_rgb8(pair.sharp) if pair.sharp is not None else None
+        if sharp is not None and sharp.shape != blurred.shape:
+            raise ValueError(
+                f"pair {pair.name}: blurred {pair.blurred} is {blurred.shape[0]}x{blurred.shape[1]} but sharp "
+                f"{pair.sharp} is {sharp.shape[0]}x{sharp.shape[1]} (HxW); the two images of a pair must have "
+                "the same size"
+            )
+        return pipeline.EvalPair(pair.name, blurred, sharp, dict(pair.meta, dataset=cfg.dataset))
+
+    return pipeline.EvalPairs(len(files), (read(p) for p in files))
+
+
+def _score_pairs(
+    cfg: EvalConfig, pairs: Any, loaded: Any, deblurrer: Deblurrer | None, out: Path
+) -> list[dict[str, Any]]:
     """One row of scores per pair (and the images and figures asked for)."""
     reblur_run = _reblur_fn(loaded.reblur) if cfg.reblur else None
     rows: list[dict[str, Any]] = []
@@ -318,9 +404,9 @@ def _score_pairs(cfg: EvalConfig, pairs: Any, loaded: Any, deblurrer: Deblurrer,
         # "file": the saved PNG (--save_images), else the figures' name prefix (--figures).
         row["file"] = rel.as_posix() if cfg.save_images else rel.with_suffix("").as_posix() if with_figures else ""
         rows.append(row)
-        if cfg.save_images:
+        if cfg.save_images and pred_u8 is not None:
             figures.save_png(out / "images" / rel, pred_u8)
-        if cfg.compare:
+        if cfg.compare and pred_u8 is not None:
             figures.save_png(out / "compare" / rel, figures.comparison(pair.blurred, pred_u8, pair.sharp))
         if with_figures:
             _write_figures(out / "figures", rel, loaded, pair, reblurred)
@@ -331,8 +417,24 @@ def _score_pairs(cfg: EvalConfig, pairs: Any, loaded: Any, deblurrer: Deblurrer,
     return rows
 
 
-def _score_pair(cfg: EvalConfig, pair: Any, loaded: Any, deblurrer: Deblurrer, reblur_run: Any):
-    """(row, uint8 output, reblurred image or None) of one pair."""
+def _score_pair(cfg: EvalConfig, pair: Any, loaded: Any, deblurrer: Deblurrer | None, reblur_run: Any):
+    """(row, uint8 output or None, reblurred image or None) of one pair; without a
+    ``deblurrer`` (a ReblurNet-only export) the row holds the reblurring scores only."""
+    h, w = pair.blurred.shape[:2]
+    row: dict[str, Any] = {"name": pair.name, "file": "", "height": h, "width": w}
+    if "band" in pair.meta:
+        row["band"] = pair.meta["band"]
+    pred_u8 = None
+    if deblurrer is not None:
+        pred_u8 = _score_deblurring(cfg, pair, deblurrer, row)
+    reblurred = None
+    if reblur_run is not None:
+        reblurred = _score_reblurring(pair, loaded, reblur_run, row)
+    return row, pred_u8, reblurred
+
+
+def _score_deblurring(cfg: EvalConfig, pair: Any, deblurrer: Deblurrer, row: dict[str, Any]) -> np.ndarray:
+    """Adds the deblurring scores of ``pair`` to ``row``; returns the uint8 (H, W, 3) output."""
     h, w = pair.blurred.shape[:2]
     compilations = deblurrer.num_compilations
     start = time.perf_counter()
@@ -340,9 +442,6 @@ def _score_pair(cfg: EvalConfig, pair: Any, loaded: Any, deblurrer: Deblurrer, r
     seconds = time.perf_counter() - start
     pred_u8 = np.round(pred * 255.0).astype(np.uint8)
     sharp, blurred = _unit(pair.sharp), _unit(pair.blurred)
-    row: dict[str, Any] = {"name": pair.name, "file": "", "height": h, "width": w}
-    if "band" in pair.meta:
-        row["band"] = pair.meta["band"]
     try:
         row.update(_scores(pred, sharp))
     except ValueError as err:  # e.g. an image smaller than the SSIM window
@@ -355,20 +454,26 @@ def _score_pair(cfg: EvalConfig, pair: Any, loaded: Any, deblurrer: Deblurrer, r
 
         aligned = realblur_scores(pred, sharp, iterations=cfg.align_iterations)
         row["psnr_aligned"], row["ssim_aligned"] = aligned["psnr"], aligned["ssim"]
-    reblurred = None
-    if reblur_run is not None:
-        hb, wb = bucket_size(h, "exact", 8), bucket_size(w, "exact", 8)
-        reblurred = np.asarray(
-            reblur_run(loaded.reblur_params, pad_to(pair.blurred, hb, wb)[None], pad_to(pair.sharp, hb, wb)[None])
-        )[0, :h, :w]
-        mean, var = metrics.mean_abs_diff_stats(reblurred, blurred)
-        row["reblur_psnr"] = float(metrics.psnr(reblurred, blurred))
-        row["reblur_ssim"] = float(metrics.ssim(reblurred, blurred))
-        row["reblur_abs_diff_mean"] = float(mean)
-        row["reblur_abs_diff_var"] = float(var)
     row["seconds"] = seconds
     row["compiled"] = deblurrer.num_compilations > compilations  # its time includes compiling
-    return row, pred_u8, reblurred
+    return pred_u8
+
+
+def _score_reblurring(pair: Any, loaded: Any, reblur_run: Any, row: dict[str, Any]) -> np.ndarray:
+    """Adds Table 4's scores of ReblurNet(blurred, sharp) against the blurred input to
+    ``row``; returns the reblurred image, float32 (H, W, 3) in [0, 1]."""
+    h, w = pair.blurred.shape[:2]
+    hb, wb = bucket_size(h, "exact", 8), bucket_size(w, "exact", 8)
+    reblurred = np.asarray(
+        reblur_run(loaded.reblur_params, pad_to(pair.blurred, hb, wb)[None], pad_to(pair.sharp, hb, wb)[None])
+    )[0, :h, :w]
+    blurred = _unit(pair.blurred)
+    mean, var = metrics.mean_abs_diff_stats(reblurred, blurred)
+    row["reblur_psnr"] = float(metrics.psnr(reblurred, blurred))
+    row["reblur_ssim"] = float(metrics.ssim(reblurred, blurred))
+    row["reblur_abs_diff_mean"] = float(mean)
+    row["reblur_abs_diff_var"] = float(var)
+    return reblurred
 
 
 def _write_results(out: Path, result: dict[str, Any]) -> None:
@@ -385,6 +490,25 @@ def _summarise(cfg: EvalConfig, rows: list[dict[str, Any]], result: dict[str, An
         writer.writerows(rows)
     means = {k: _mean([r[k] for r in rows]) for k in keys}
     result["num_images"] = len(rows)
+    if "psnr" in rows[0]:  # not for a ReblurNet-only export
+        _summarise_deblurring(cfg, rows, means, result)
+    if cfg.reblur:
+        result["reblur"] = {
+            "psnr": means["reblur_psnr"],
+            "ssim": means["reblur_ssim"],
+            "abs_diff_mean": means["reblur_abs_diff_mean"],
+            "abs_diff_var": means["reblur_abs_diff_var"],
+            "note": "ReblurNet(blurred, sharp ground truth) scored against the blurred input; "
+            "|I_r - I_b| statistics per image on [0, 1], averaged over images",
+        }
+    _write_results(out, result)
+    return result
+
+
+def _summarise_deblurring(
+    cfg: EvalConfig, rows: list[dict[str, Any]], means: dict[str, float], result: dict[str, Any]
+) -> None:
+    """Adds the deblurring means, per-band scores, seconds and protocol to ``result``."""
     for k in (
         "psnr",
         "psnr_uint8",
@@ -409,15 +533,6 @@ def _summarise(cfg: EvalConfig, rows: list[dict[str, Any]], result: dict[str, An
             }
             for band in dict.fromkeys(r["band"] for r in rows if "band" in r)
         }
-    if cfg.reblur:
-        result["reblur"] = {
-            "psnr": means["reblur_psnr"],
-            "ssim": means["reblur_ssim"],
-            "abs_diff_mean": means["reblur_abs_diff_mean"],
-            "abs_diff_var": means["reblur_abs_diff_var"],
-            "note": "ReblurNet(blurred, sharp ground truth) scored against the blurred input; "
-            "|I_r - I_b| statistics per image on [0, 1], averaged over images",
-        }
     # Seconds per image, leaving out the images whose shape had to be compiled first.
     warm = [r["seconds"] for r in rows if not r["compiled"]]
     result["seconds_per_image_mean"] = _mean(warm) if warm else means["seconds"]
@@ -435,34 +550,50 @@ def _summarise(cfg: EvalConfig, rows: list[dict[str, Any]], result: dict[str, An
         "dtype": cfg.dtype,
         "aligned": "RealBlur ECC homography + masked scores" if cfg.align else None,
     }
-    _write_results(out, result)
-    return result
 
 
 def _write_figures(folder: Path, rel: Path, loaded: Any, pair: Any, reblurred: np.ndarray | None) -> None:
-    """Fig. 8 (last ASPDC attention), offsets as flow colours, Fig. 7 difference maps."""
+    """Per pair: the input; Fig. 8 (the last ASPDC module's attention, one panel per branch)
+    and its offsets as flow colours when there is a DeblurNet; Fig. 7 (the reblurring
+    differences) and the reblurred image with ``reblurred``. Each figure is a titled PNG
+    with a colour bar or wheel, and a .json next to it with the value ranges."""
     stem = rel.with_suffix("")
-    h, w = pair.blurred.shape[:2]
-    maps = figures.model_maps(loaded.deblur, loaded.deblur_params, pair.blurred)
-    factor = maps["factor"]
     figures.save_png(folder / f"{stem}_input.png", pair.blurred)
-    if loaded.model_config.get("fusion", "afim") == "afim":  # "sum" ablations have no attention
-        figures.save_png(
-            folder / f"{stem}_attention.png",
-            figures.attention_strip(maps["attention"], factor=factor, height=h, width=w),
-        )
-    if maps["offsets"] is not None:
-        from aspdc_jax.models.aspdc import BRANCH_DILATIONS  # noqa: PLC0415
-
-        names = [b for b in loaded.model_config.get("branches", BRANCH_DILATIONS) if BRANCH_DILATIONS.get(b, 1)]
-        repeat = int(loaded.model_config.get("branch_repeat", 1))
-        names = [f"{n}_{k + 1}" if repeat > 1 else n for n in names for k in range(repeat)]
-        flows = figures.offset_flow_images(maps["offsets"], factor=factor, height=h, width=w)
-        for i, img in enumerate(flows):
-            name = names[i] if i < len(names) else str(i)
-            figures.save_png(folder / f"{stem}_offsets_{name}.png", img)
+    if loaded.deblur is not None:
+        _write_model_figures(folder, stem, loaded, pair)
     if reblurred is not None:
-        blurred, sharp = _unit(pair.blurred), _unit(pair.sharp)
-        figures.save_png(folder / f"{stem}_diff_sharp_vs_blurred.png", figures.diff_map(sharp, blurred))
-        figures.save_png(folder / f"{stem}_diff_reblurred_vs_blurred.png", figures.diff_map(reblurred, blurred))
+        image, info = figures.reblur_diff_figure(
+            _unit(pair.sharp),
+            reblurred,
+            _unit(pair.blurred),
+            title=f"{pair.name}: reblurring differences (Fig. 7), mean over RGB on [0, 1]",
+        )
+        figures.save_figure(folder / f"{stem}_reblur_diff.png", image, info)
         figures.save_png(folder / f"{stem}_reblurred.png", np.round(reblurred * 255).astype(np.uint8))
+
+
+def _write_model_figures(folder: Path, stem: Path, loaded: Any, pair: Any) -> None:
+    """The attention (AFIM only: a "sum" ablation has none) and offset figures of one pair."""
+    h, w = pair.blurred.shape[:2]
+    net = loaded.deblur
+    maps = figures.model_maps(net, loaded.deblur_params, pair.blurred)
+    size = dict(factor=maps["factor"], height=h, width=w)
+    labels = figures.branch_labels(tuple(net.branches), int(net.branch_repeat))
+    if net.fusion == "afim":
+        image, info = figures.attention_figure(
+            maps["attention"],
+            labels,
+            title=f"{pair.name}: attention of the last ASPDC module per branch (Fig. 8; softmax, sums to 1)",
+            **size,
+        )
+        figures.save_figure(folder / f"{stem}_attention.png", image, info)
+    if maps["offsets"] is not None:
+        deformable = [label for label in labels if not label.split(":")[0].startswith("static")]
+        image, info = figures.offsets_figure(
+            maps["offsets"],
+            deformable,
+            title=f"{pair.name}: mean offset of each deformable branch of the last ASPDC module, "
+            "in quarter-resolution pixels",
+            **size,
+        )
+        figures.save_figure(folder / f"{stem}_offsets.png", image, info)
