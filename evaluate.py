@@ -5,7 +5,9 @@ Usage:
   python evaluate.py --ckpt DIR --dataset realblur_j --data_dir ~/data --align --out eval/rbj
   python evaluate.py --ckpt DIR --dataset synthetic --reblur --figures --timing --out eval/syn
 
---ckpt is an export (python -m aspdc_jax.convert) or a train.py workdir / phase folder.
+--ckpt is an export (python -m aspdc_jax.convert) or a train.py workdir / phase folder; a
+ReblurNet-only export is scored with --reblur alone (Table 4). --limit N reads only the
+first N pairs (no store is prepared).
 Writes OUT/per_image.csv, OUT/metrics.json (psnr, psnr_uint8, ssim, ssim_official,
 psnr_blurred, ssim_blurred, num_images, ...), OUT/table.md, and prints the table.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from aspdc_jax import cli, inference
+from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.evaluation import protocol as evaluation
 from aspdc_jax.weights import CheckpointError
 
@@ -38,7 +41,12 @@ flags.DEFINE_string(
 flags.DEFINE_string("tfds_dir", None, "Where prepared stores go (default ~/tensorflow_datasets).")
 flags.DEFINE_string("out", None, "Output folder for per_image.csv, metrics.json, images, figures.", required=True)
 flags.DEFINE_string("split", "test", "Dataset split.")
-flags.DEFINE_integer("limit", None, "Score only the first N images (0: none, e.g. with --timing).")
+flags.DEFINE_integer(
+    "limit",
+    None,
+    "Score only the first N images (sorted names; 0: none, e.g. with --timing). Only those N are "
+    "read: their files directly, no store is prepared (synthetic: only N pairs are made).",
+)
 flags.DEFINE_enum("gopro_variant", "blur", ["blur", "blur_gamma"], "GoPro blurred-image variant.")
 flags.DEFINE_bool("save_images", False, "Write the deblurred PNGs to OUT/images/.")
 flags.DEFINE_bool(
@@ -51,13 +59,15 @@ flags.DEFINE_bool(
     "reblur",
     False,
     "Also score the reblurring network (paper Table 4): ReblurNet(blurred, sharp) against the "
-    "blurred input: PSNR, SSIM, mean and variance of |I_r - I_b|.",
+    "blurred input: PSNR, SSIM, mean and variance of |I_r - I_b|. A ReblurNet-only export "
+    "(convert --reblur alone) is scored with this flag only.",
 )
 flags.DEFINE_bool(
     "figures",
     False,
-    "Write OUT/figures/: the last ASPDC module's attention maps (Fig. 8), its offset fields as "
-    "flow-colour images, and with --reblur the difference maps (Fig. 7).",
+    "Write OUT/figures/: the last ASPDC module's attention maps, one panel per branch (Fig. 8), "
+    "its offset fields as flow colours, and with --reblur the difference maps (Fig. 7); each "
+    "titled, with a colour bar (or wheel) and a .json of its value ranges.",
 )
 flags.DEFINE_bool(
     "self_ensemble",
@@ -96,6 +106,7 @@ flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    tune_malloc()  # glibc malloc kept from unmapping XLA's buffers (see aspdc_jax/allocator.py)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # JAX's backend probing and Orbax log at INFO
     if FLAGS.low_memory_schedule:

@@ -16,6 +16,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides, reporting_user_errors
 from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 from aspdc_jax.training.sharding import maybe_initialize_distributed
@@ -36,6 +37,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    tune_malloc()  # glibc malloc kept from unmapping XLA's buffers (see aspdc_jax/allocator.py)
     # Before any JAX computation: joins the other hosts when a multi-host env is set.
     maybe_initialize_distributed()
     if not FLAGS["verbosity"].present:

@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from aspdc_jax.allocator import tune_malloc
 
+    allocator = tune_malloc()  # what train.py does
+    print(f"allocator: {allocator}")
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -112,6 +115,7 @@ def main() -> None:
             "rows": rows,
             "crop": args.crop,
             "batch_size": args.batch_size,
+            "allocator": allocator,
         }
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")

@@ -16,8 +16,8 @@ Measurements, each in a fresh subprocess so its peak RSS is its own:
 
 ``utilization`` = model FLOP/s of (2) / matmul FLOP/s of (1). Parameters are random
 (``--ckpt`` loads real ones instead); the speed does not depend on their values.
-The allocator is chosen with ``--allocator`` (tcmalloc is preloaded into the
-subprocesses when found) and reported.
+The allocator is chosen with ``--allocator`` (by default tcmalloc is preloaded into the
+subprocesses when installed, else glibc malloc as `aspdc_jax.allocator` tunes it) and reported.
 """
 
 from __future__ import annotations
@@ -175,17 +175,22 @@ WORKERS = {"matmul": worker_matmul, "forward_720p": worker_forward, "tiled_12mp"
 
 
 # ----------------------------------------------------------------------------- driver
-def _allocator_env(choice: str) -> tuple[dict, str]:
+def _allocator_env(choice: str) -> dict:
+    """The workers' environment for ``--allocator``: ``tcmalloc`` preloads it; ``glibc`` is
+    what a plain install runs with (glibc malloc tuned by `aspdc_jax.allocator`);
+    ``glibc-default`` keeps glibc's defaults; ``auto`` is tcmalloc when installed, else glibc."""
     env = dict(os.environ)
-    preload = env.get("LD_PRELOAD", "")
-    if choice in ("tcmalloc", "auto") and Path(TCMALLOC).exists():
-        env["LD_PRELOAD"] = f"{TCMALLOC}:{preload}" if preload else TCMALLOC
-        return env, f"tcmalloc ({TCMALLOC})"
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
+    if choice == "auto":
+        choice = "tcmalloc" if Path(TCMALLOC).exists() else "glibc"
     if choice == "tcmalloc":
-        raise SystemExit(f"--allocator tcmalloc: {TCMALLOC} not found (apt install libtcmalloc-minimal4)")
-    if "tcmalloc" in preload:
-        return env, f"tcmalloc (LD_PRELOAD={preload})"
-    return env, "glibc malloc"
+        if not Path(TCMALLOC).exists():
+            raise SystemExit(f"--allocator tcmalloc: {TCMALLOC} not found (apt install libtcmalloc-minimal4)")
+        preload.insert(0, TCMALLOC)
+    env["LD_PRELOAD"] = ":".join(preload)
+    if choice == "glibc-default":
+        env["ASPDC_MALLOC"] = "system"
+    return env
 
 
 def _run_worker(name: str, args, env: dict) -> dict:
@@ -222,7 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = FlagParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--ckpt", help="export / workdir to load (default: random full-width params)")
-    parser.add_argument("--allocator", choices=("auto", "tcmalloc", "glibc"), default="auto")
+    parser.add_argument(
+        "--allocator",
+        choices=("auto", "tcmalloc", "glibc", "glibc-default"),
+        default="auto",
+        help="tcmalloc (preloaded); glibc: what a plain install runs (tuned by aspdc_jax.allocator); "
+        "glibc-default: ASPDC_MALLOC=system; auto: tcmalloc when installed, else glibc",
+    )
     parser.add_argument(
         "--cpu_scheduler",
         choices=("memory", "concurrency"),
@@ -241,14 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.worker:
+        from aspdc_jax.allocator import tune_malloc
+
+        allocator = tune_malloc()  # what the entry points do
         result = WORKERS[args.worker](args)
+        result["allocator"] = allocator
         result["peak_rss_gib"] = _peak_rss_gib()
         print(json.dumps(result))
         return 0
 
-    env, allocator = _allocator_env("glibc" if args.allocator == "glibc" else args.allocator)
-    if args.allocator == "glibc":
-        env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if "tcmalloc" not in p)
+    env = _allocator_env(args.allocator)
     if args.cpu_scheduler == "memory":
         from aspdc_jax.inference import LOW_MEMORY_CPU_FLAG
 
@@ -260,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         "device": f"{device.platform}: {device.device_kind}",
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
-        "allocator": allocator,
         "cpu_scheduler": args.cpu_scheduler,
         "xla_flags": env.get("XLA_FLAGS", ""),
         "dtype": args.dtype,
@@ -270,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     # moment on a shared machine does not inflate the utilisation.
     mm = _run_worker("matmul", args, env)
     fw = _run_worker("forward_720p", args, env)
+    allocator = info["allocator"] = fw["allocator"]
     mm_after = _run_worker("matmul", args, env)
     if mm_after["matmul_flops_per_s"] > mm["matmul_flops_per_s"]:
         mm = mm_after

@@ -14,7 +14,6 @@ Forward+backward means the gradients for inputs, offsets, mask and kernel.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -22,17 +21,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import FlagParser
 from aspdc_jax.ops import deform_conv2d, dynamic_filter
-
-
-def allocator() -> str:
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "tcmalloc" in preload:
-        return "tcmalloc"
-    if "jemalloc" in preload:
-        return "jemalloc"
-    return "glibc malloc"
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -94,8 +85,9 @@ def main() -> None:
     parser.add_argument("--json", help="write the (6,64,64,128) results to this file")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     args = parser.parse_args()
+    allocator = tune_malloc()  # what the entry points do (ASPDC_MALLOC=system: glibc's defaults)
 
-    print(f"device: {jax.devices()[0].device_kind}, allocator: {allocator()}")
+    print(f"device: {jax.devices()[0].device_kind}, allocator: {allocator}")
     header = f"{'case':<34}{'dcn fwd':>10}{'conv fwd':>10}{'ratio':>7}"
     header += f"{'dcn f+b':>10}{'conv f+b':>10}{'ratio':>7}"
     print(header)
@@ -114,7 +106,7 @@ def main() -> None:
     print("(milliseconds, medians; f+b = gradients for inputs, offsets, mask, kernel)")
     if args.json:
         out = {k: round(v, 3) for k, v in main_case.items()}
-        out["allocator"] = allocator()
+        out["allocator"] = allocator
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
         print(f"wrote {args.json}")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import _peak_rss_gib
 
+from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import FlagParser
 from aspdc_jax.inference import use_low_memory_cpu_scheduler
 from aspdc_jax.models import model_from_config
@@ -50,15 +51,6 @@ from aspdc_jax.training import (
 )
 from aspdc_jax.training.loop import compute_modules
 from aspdc_jax.training.sharding import replicate
-
-
-def allocator() -> str:
-    """ "tcmalloc" when libtcmalloc is mapped into this process, else "glibc"."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        maps = ""
-    return "tcmalloc" if "tcmalloc" in maps else "glibc"
 
 
 def _flops(compiled) -> float:
@@ -153,6 +145,7 @@ def main() -> None:
         help="XLA CPU scheduler (memory: aspdc_jax.inference.LOW_MEMORY_CPU_FLAG)",
     )
     args = parser.parse_args()
+    allocator = tune_malloc()  # what train.py does (ASPDC_MALLOC=system: glibc's defaults)
     if args.cpu_scheduler == "memory":
         use_low_memory_cpu_scheduler()
 
@@ -183,7 +176,7 @@ def main() -> None:
         "batch": args.batch,
         "size": args.size,
         "widths": [args.deblur_width, args.reblur_width, args.num_groups],
-        "allocator": allocator(),
+        "allocator": allocator,
         "ld_preload": os.environ.get("LD_PRELOAD", ""),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),

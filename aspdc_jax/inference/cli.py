@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import FlagParser, returning_user_errors, show_progress
 from aspdc_jax.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
 
@@ -422,6 +423,7 @@ def _check_out_dir(args: argparse.Namespace) -> Path:
 def _run(args: argparse.Namespace) -> int:
     from aspdc_jax import inference  # noqa: PLC0415 (--help without JAX)
 
+    tune_malloc()
     if not args.concurrent_schedule:
         inference.use_low_memory_cpu_scheduler()
     out_dir = _check_out_dir(args)
