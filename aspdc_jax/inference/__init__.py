@@ -11,6 +11,7 @@ Modules: :mod:`.deblurrer` (buckets, padding, tiling, the compiled forward) and
 from aspdc_jax.inference.deblurrer import (
     LOW_MEMORY_CPU_FLAG,
     Bucket,
+    Deblurred,
     Deblurrer,
     bucket_size,
     geometric_ensemble,
@@ -24,6 +25,7 @@ from aspdc_jax.inference.functional import make_deblur_fn
 __all__ = [
     "LOW_MEMORY_CPU_FLAG",
     "Bucket",
+    "Deblurred",
     "Deblurrer",
     "bucket_size",
     "geometric_ensemble",

@@ -31,12 +31,14 @@ Also installed as the ``aspdc-deblur`` console script.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from aspdc_jax.allocator import tune_malloc
@@ -452,38 +454,70 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _deblur_plan(plan, deblurrer, manifest: OutputManifest, args: argparse.Namespace) -> tuple[int, list[str]]:
-    """Deblurs every (input, output) of ``plan`` that needs it; (written, skip reasons)."""
-    from tqdm import tqdm  # noqa: PLC0415 (--help without it)
-
-    skipped: list[str] = []
-    written = 0
-    for path, target in tqdm(
-        plan, unit="img", desc="deblur", disable=not show_progress(not args.quiet), file=sys.stderr
-    ):
+def _todo(
+    plan: Sequence[tuple[Path, Path]], manifest: OutputManifest, overwrite: bool
+) -> list[tuple[Path, Path, Source | None]]:
+    """The (input, output, input's `Source` now) of ``plan`` to deblur: all with
+    ``overwrite``, else those without an output or whose output was made from a different
+    or changed input."""
+    todo = []
+    for path, target in plan:
         source, recorded = Source.of(path), manifest.source(target)
-        if target.exists() and not args.overwrite:
+        if target.exists() and not overwrite:
             if recorded is None:
-                tqdm.write(f"exists, skipped (use --overwrite): {target}", file=sys.stderr)
+                print(f"exists, skipped (use --overwrite): {target}", file=sys.stderr)
                 continue
             if recorded == source:
                 message = f"exists, made from this unchanged input, skipped (use --overwrite to redo): {target}"
-                tqdm.write(message, file=sys.stderr)
+                print(message, file=sys.stderr)
                 continue
-            tqdm.write(f"{path}: changed since {target} was made from it; deblurring it again", file=sys.stderr)
-        try:
-            loaded = read_image(path)
-        except ImageReadError as err:
-            skipped.append(str(err))
-            tqdm.write(f"skipped: {err}", file=sys.stderr)
-            continue
-        for note in loaded.notes:
-            tqdm.write(f"{path}: {note}", file=sys.stderr)
-        write_image(target, deblurrer.deblur(loaded.rgb), loaded.alpha)
-        if source is not None:
-            manifest.record(target, source)
-        written += 1
-    return written, skipped
+            print(f"{path}: changed since {target} was made from it; deblurring it again", file=sys.stderr)
+        todo.append((path, target, source))
+    return todo
+
+
+def _deblur_plan(plan, deblurrer, manifest: OutputManifest, args: argparse.Namespace) -> tuple[int, list[str]]:
+    """Deblurs every (input, output) of ``plan`` that needs it; (written, skip reasons).
+
+    Three stages overlap: `Deblurrer.deblur_stream` reads and decodes ahead in threads while
+    the device runs, and PNG encoding and writing run in a writer thread. The manifest
+    records each output, in order, once its file is written."""
+    from tqdm import tqdm  # noqa: PLC0415 (--help without it)
+
+    todo = _todo(plan, manifest, args.overwrite)
+    skipped: list[str] = []
+    written: collections.deque[tuple[Future[None], Path, Source | None]] = collections.deque()
+    count = 0
+    stream = deblurrer.deblur_stream(todo, read=lambda pair: read_image(pair[0]))
+    bar = tqdm(
+        stream, total=len(todo), unit="img", desc="deblur", disable=not show_progress(not args.quiet), file=sys.stderr
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="aspdc-write") as writer:
+        for result in bar:
+            (path, target, source), error = result.item, result.error
+            if error is not None:
+                if not isinstance(error, ImageReadError):
+                    raise error
+                skipped.append(str(error))
+                tqdm.write(f"skipped: {error}", file=sys.stderr)
+                continue
+            for note in result.image.notes:
+                tqdm.write(f"{path}: {note}", file=sys.stderr)
+            written.append((writer.submit(write_image, target, result.output, result.image.alpha), target, source))
+            while written and (written[0][0].done() or len(written) > 2):
+                count += _record(written.popleft(), manifest)
+        while written:
+            count += _record(written.popleft(), manifest)
+    return count, skipped
+
+
+def _record(entry: tuple[Future[None], Path, Source | None], manifest: OutputManifest) -> int:
+    """Waits for one output's write (re-raising its error) and records it in the manifest."""
+    future, target, source = entry
+    future.result()
+    if source is not None:
+        manifest.record(target, source)
+    return 1
 
 
 if __name__ == "__main__":

@@ -33,24 +33,29 @@ than the network's effective receptive field) the result equals the untiled one.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from aspdc_jax.cli import show_progress
-from aspdc_jax.images import to_model
+from aspdc_jax.images import LoadedImage, read_image, to_model
 from aspdc_jax.models.config import compute_dtype as dtype_named
 from aspdc_jax.weights import load_for_inference
 
 __all__ = [
     "LOW_MEMORY_CPU_FLAG",
+    "Deblurred",
     "Deblurrer",
     "bucket_size",
     "geometric_ensemble",
@@ -62,6 +67,25 @@ __all__ = [
 
 PyTree = Any
 Bucket = int | str
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Deblurred(Generic[T]):
+    """One result of :meth:`Deblurrer.deblur_stream`.
+
+    Attributes:
+      item: the item of the input stream (an array, a path, or whatever ``read`` takes).
+      image: what was read (uint8 (H, W, 3) ``rgb``, optional ``alpha``, conversion
+        ``notes``); None when reading failed.
+      output: the deblurred uint8 (H, W, 3) image; None when reading failed.
+      error: the exception reading raised, or None.
+    """
+
+    item: T
+    image: LoadedImage | None
+    output: np.ndarray | None
+    error: Exception | None
 
 
 #: XLA's CPU compiler schedules for concurrency by default, which keeps the sampled tensors
@@ -223,8 +247,11 @@ class Deblurrer:
       tile: tile side for images with a side larger than it (None: never tile). Must be a
         multiple of ``multiple``.
       overlap: minimum overlap between neighbouring tiles in pixels.
-      batch_size: images (or tiles) of one bucket run together, in batches of 1, 2, 4, ...
-        up to this many.
+      batch_size: images (or tiles) of one bucket run together, in batches of up to this
+        many (None: one per device). Each batch is split over ``devices``; a batch that
+        does not divide evenly is filled up with copies of its last image.
+      devices: the devices a batch is split over (data parallel: the params are copied to
+        each once). Default: all local devices (``jax.local_devices()``).
       self_ensemble: the geometric x8 self-ensemble (`geometric_ensemble`): 8 forwards per
         image in one compiled function per shape; works with tiling.
     """
@@ -239,11 +266,15 @@ class Deblurrer:
         dtype: str = "float32",
         tile: int | None = None,
         overlap: int = 64,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         self_ensemble: bool = False,
+        devices: Sequence[jax.Device] | None = None,
     ) -> None:
         compute_dtype = dtype_named(dtype)
         bucket_size(64, bucket, multiple)  # validates the policy
+        self.mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("batch",))
+        num_devices = self.mesh.size
+        batch_size = num_devices if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if hasattr(module, "dtype") and hasattr(module, "clone"):
@@ -254,7 +285,9 @@ class Deblurrer:
                 params,
             )
         self.module = module
-        self.params = jax.device_put(params)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        split = NamedSharding(self.mesh, PartitionSpec("batch"))
+        self.params = jax.device_put(params, replicated)
         self.bucket = bucket
         self.multiple = multiple
         self.dtype = dtype
@@ -276,7 +309,7 @@ class Deblurrer:
             y = geometric_ensemble(run, x) if self.self_ensemble else run(x)
             return jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)  # unrounded [0, 255]
 
-        self._forward = jax.jit(forward)
+        self._forward = jax.jit(forward, in_shardings=(replicated, split), out_shardings=split)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -309,16 +342,31 @@ class Deblurrer:
         return tile
 
     # ------------------------------------------------------------------ core
+    @property
+    def num_devices(self) -> int:
+        """How many devices a batch is split over."""
+        return int(self.mesh.size)
+
     def forward_padded(self, batch: np.ndarray) -> np.ndarray:
         """Runs the compiled network on a (B, H, W, 3) uint8 batch whose H, W are already
-        valid for the module; returns float32 (B, H, W, 3) in [0, 255], not rounded."""
-        return np.asarray(self._forward(self.params, jnp.asarray(batch)))
+        valid for the module; returns float32 (B, H, W, 3) in [0, 255], not rounded.
+
+        The batch is split over the devices; when B is not a multiple of their number it is
+        filled up with copies of the last image, whose outputs are dropped."""
+        n = len(batch)
+        fill = -n % self.num_devices
+        if fill:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], fill, axis=0)])
+        return np.asarray(self._forward(self.params, batch))[:n]
 
     def _batch_sizes(self, n: int) -> Iterable[int]:
-        """Splits n items into chunks of power-of-two sizes <= batch_size."""
+        """Splits n items into chunks of at most batch_size: power-of-two sizes on one
+        device (few compiled shapes); on several, full batches and one remainder (each
+        filled up to a multiple of the device count by `forward_padded`)."""
         while n > 0:
-            b = min(self.batch_size, 1 << (n.bit_length() - 1))
-            b = 1 << (b.bit_length() - 1)
+            b = min(self.batch_size, n)
+            if self.num_devices == 1:
+                b = 1 << (b.bit_length() - 1)
             yield b
             n -= b
 
@@ -414,6 +462,78 @@ class Deblurrer:
 
     __call__ = deblur
 
+    def deblur_stream(
+        self,
+        items: Iterable[T],
+        *,
+        read: Callable[[T], LoadedImage | np.ndarray] | None = None,
+        threads: int = 2,
+        prefetch: int = 4,
+    ) -> Iterator[Deblurred[T]]:
+        """Deblurs a stream of images, yielding a `Deblurred` per item, in order.
+
+        Reading and decoding run ``threads`` worker threads up to ``prefetch`` items ahead
+        of the device, so they overlap the compute; consecutive images of the same bucket
+        (not tiled) run as one batch of up to ``batch_size``, split over the devices. Encode
+        and write the results in your own threads to overlap that too (the deblur CLI does).
+
+        Args:
+          items: anything ``read`` accepts; by default uint8 (H, W, 3) arrays or image paths
+            (read with `aspdc_jax.images.read_image`: any Pillow format, alpha kept aside).
+          read: item -> uint8 (H, W, 3) array or `LoadedImage`. An exception it raises is
+            reported in that item's `Deblurred.error`, and the stream goes on.
+          threads: reader threads.
+          prefetch: items read ahead of the one being deblurred.
+
+        Yields:
+          `Deblurred` (item, what was read, the uint8 output or the read error), one per item.
+        """
+        read_one = _reader(read)
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="aspdc-read") as pool:
+            pending: collections.deque[tuple[T, Future[LoadedImage]]] = collections.deque()
+            group: list[tuple[T, LoadedImage]] = []
+            for item in items:
+                pending.append((item, pool.submit(read_one, item)))
+                while len(pending) > prefetch:
+                    yield from self._stream_step(pending.popleft(), group)
+            while pending:
+                yield from self._stream_step(pending.popleft(), group)
+            yield from self._flush(group)
+
+    def _stream_step(
+        self, entry: tuple[T, Future[LoadedImage]], group: list[tuple[T, LoadedImage]]
+    ) -> Iterator[Deblurred[T]]:
+        """Adds one read item to the current same-bucket ``group``, running the group first
+        when the item does not fit in it; a read error flushes the group and is yielded."""
+        item, future = entry
+        try:
+            image = future.result()
+        except Exception as err:  # reported per item; the stream goes on
+            yield from self._flush(group)
+            yield Deblurred(item, None, None, err)
+            return
+        if group and (len(group) >= self.batch_size or self._stream_key(image) != self._stream_key(group[0][1])):
+            yield from self._flush(group)
+        group.append((item, image))
+        if self._stream_key(image) is None:  # tiled: runs alone
+            yield from self._flush(group)
+
+    def _stream_key(self, image: LoadedImage) -> tuple[int, int] | None:
+        """The bucket an image runs in, or None when it is tiled."""
+        h, w = image.rgb.shape[:2]
+        if self.tile is not None and (h > self.tile or w > self.tile):
+            return None
+        return self.bucket_shape(h, w)
+
+    def _flush(self, group: list[tuple[T, LoadedImage]]) -> Iterator[Deblurred[T]]:
+        """Deblurs the buffered ``group`` as one call and empties it."""
+        if not group:
+            return
+        outputs = self._deblur_list([image.rgb for _, image in group], self.tile, self.overlap, False)
+        done = [Deblurred(item, image, _quantize(out), None) for (item, image), out in zip(group, outputs)]
+        group.clear()
+        yield from done
+
     def _deblur_list(
         self, images: list[np.ndarray], tile: int | None, overlap: int, progress: bool
     ) -> list[np.ndarray]:
@@ -446,6 +566,27 @@ class Deblurrer:
         if bar is not None:
             bar.close()
         return results  # type: ignore[return-value]
+
+
+def _reader(read: Callable[[Any], LoadedImage | np.ndarray] | None) -> Callable[[Any], LoadedImage]:
+    """``read`` (default: arrays as they are, paths by `read_image`) made to return a
+    checked `LoadedImage`."""
+
+    def read_one(item: Any) -> LoadedImage:
+        if read is not None:
+            loaded = read(item)
+        elif isinstance(item, (str, Path)):
+            loaded = read_image(item)
+        else:
+            loaded = np.asarray(item)
+        if not isinstance(loaded, LoadedImage):
+            loaded = LoadedImage(loaded, None, [])
+        loaded.rgb = _check_image(
+            loaded.rgb, f"deblur_stream: {item}" if isinstance(item, (str, Path)) else "deblur_stream"
+        )
+        return loaded
+
+    return read_one
 
 
 def load(ckpt_dir: str | Path, **kwargs: Any) -> Deblurrer:
