@@ -14,7 +14,11 @@ Measurements, each in a fresh subprocess so its peak RSS is its own:
 3. ``tiled_12mp``: a 4000x3000 image through the tiled mode (``--tile``/``--overlap``),
    peak RSS and seconds (compilation included).
 
-``utilization`` = model FLOP/s of (2) / matmul FLOP/s of (1). Parameters are random
+``utilization`` = model FLOP/s of (2) / matmul FLOP/s of (1).
+
+``--devices N`` measures instead images/s of a batch split over N local devices, for each
+of ``--batch_sizes`` (default 1..8) at ``--size`` (default 1280x720): on a CPU over N fake
+devices sharing its cores (correct, not fast), on a GPU or TPU host over real ones. Parameters are random
 (``--ckpt`` loads real ones instead); the speed does not depend on their values.
 The allocator is chosen with ``--allocator`` (by default tcmalloc is preloaded into the
 subprocesses when installed, else glibc malloc as `aspdc_jax.allocator` tunes it) and reported.
@@ -171,7 +175,43 @@ def worker_tiled(args) -> dict:
     }
 
 
-WORKERS = {"matmul": worker_matmul, "forward_720p": worker_forward, "tiled_12mp": worker_tiled}
+def worker_devices(args) -> dict:
+    """Images/s of `Deblurrer` over ``--devices`` local devices for each batch size."""
+    import jax
+    import numpy as np
+
+    from aspdc_jax.inference import Deblurrer
+
+    module, params = _model(args.ckpt)
+    w, h = (int(v) for v in args.size.split("x"))
+    devices = jax.local_devices()
+    if len(devices) < args.devices:
+        raise SystemExit(f"--devices {args.devices}: only {len(devices)} local devices")
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
+    rows = []
+    for b in (int(v) for v in args.batch_sizes.split(",")):
+        deblurrer = Deblurrer(
+            module, params, bucket="exact", dtype=args.dtype, batch_size=b, devices=devices[: args.devices]
+        )
+        batch = np.stack([image] * b)
+        start = time.perf_counter()
+        deblurrer.deblur(batch)  # compiles
+        compile_s = time.perf_counter() - start
+        best = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            deblurrer.deblur(batch)
+            best = min(best, time.perf_counter() - start)
+        rows.append({"batch_size": b, "images_per_s": b / best, "seconds": best, "first_call_s": compile_s})
+    return {"devices": args.devices, "size": args.size, "platform": devices[0].platform, "rows": rows}
+
+
+WORKERS = {
+    "matmul": worker_matmul,
+    "forward_720p": worker_forward,
+    "tiled_12mp": worker_tiled,
+    "devices": worker_devices,
+}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -214,11 +254,27 @@ def _run_worker(name: str, args, env: dict) -> dict:
     ]
     if args.ckpt:
         cmd += ["--ckpt", args.ckpt]
+    cmd += ["--devices", str(args.devices), "--batch_sizes", args.batch_sizes, "--size", args.size]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"worker {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
     return json.loads(line)
+
+
+def _report_devices(args, env: dict) -> int:
+    """``--devices N``: one worker with N devices. The flag below splits the CPU into N fake
+    devices when JAX runs on the CPU; on a GPU or TPU host it changes nothing."""
+    flag = f"--xla_force_host_platform_device_count={args.devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    result = _run_worker("devices", args, env)
+    print(f"{result['devices']} {result['platform']} device(s), {result['size']}, allocator: {result['allocator']}")
+    print(f"{'batch':>6}{'images/s':>10}{'seconds':>10}{'first call s':>14}")
+    for row in result["rows"]:
+        print(f"{row['batch_size']:>6}{row['images_per_s']:>10.3f}{row['seconds']:>10.2f}{row['first_call_s']:>14.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument("--matmul_repeats", type=int, default=10)
     parser.add_argument("--skip_tiled", action="store_true", help="skip the 12 MP measurement")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=0,
+        help="instead of the default measurements: images/s of a batch split over N local devices "
+        "(on a CPU, N fake devices: correct, not fast)",
+    )
+    parser.add_argument("--batch_sizes", default="1,2,3,4,5,6,7,8", help="with --devices")
+    parser.add_argument("--size", default="1280x720", help="with --devices: WIDTHxHEIGHT")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -262,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = _allocator_env(args.allocator)
+    if args.devices:
+        return _report_devices(args, env)
     if args.cpu_scheduler == "memory":
         from aspdc_jax.inference import LOW_MEMORY_CPU_FLAG
 

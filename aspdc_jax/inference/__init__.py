@@ -4,8 +4,10 @@
     deblurrer = inference.load("weights/demo")     # export or train.py workdir
     sharp = deblurrer.deblur(blurred_u8)           # uint8 HxWx3 -> uint8 HxWx3
 
-Modules: :mod:`.deblurrer` (buckets, padding, tiling, the compiled forward) and
-:mod:`.cli` (``python -m aspdc_jax.deblur``: folders of photos in, PNGs out).
+Modules: :mod:`.deblurrer` (`Deblurrer`: all local devices, buckets, padding, tiling,
+``deblur_stream``), :mod:`.functional` (`make_deblur_fn`: the forward as a pure function for
+your own ``jax.jit`` / ``jax.vmap`` / ``jax.export``) and :mod:`.cli`
+(``python -m aspdc_jax.deblur``: folders of photos in, PNGs out).
 """
 
 from aspdc_jax.inference.deblurrer import (
