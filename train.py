@@ -19,7 +19,11 @@ from ml_collections import config_flags
 from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides, reporting_user_errors
 from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
-from aspdc_jax.training.sharding import maybe_initialize_distributed
+from aspdc_jax.training.sharding import (
+    ending_promptly_on_failure,
+    maybe_initialize_distributed,
+    reporting_runtime_errors,
+)
 from aspdc_jax.weights import CheckpointError
 
 FLAGS = flags.FLAGS
@@ -39,19 +43,24 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     tune_malloc()  # glibc malloc kept from unmapping XLA's buffers (see aspdc_jax/allocator.py)
     # Before any JAX computation: joins the other hosts when a multi-host env is set.
-    maybe_initialize_distributed()
+    with reporting_user_errors(traceback=FLAGS.verbosity > 0):  # e.g. a bad ASPDC_*_TIMEOUT
+        maybe_initialize_distributed()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    # A bad config value, data folder or checkpoint ends in one line (exit 2).
-    try:
-        with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=FLAGS.verbosity > 0):
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM in a step loop: saved, resumable
-        print(stop, file=sys.stderr, flush=True)
-        sys.exit(128 + stop.signum)
-    except KeyboardInterrupt:  # elsewhere (data preparation, evaluation): nothing to save
-        print("interrupted; the checkpoints written so far are kept, rerun to resume", file=sys.stderr)
-        sys.exit(130)
+    # A bad config value, data folder or checkpoint ends in one line (exit 2). With several
+    # processes, one that fails ends at once, so the others stop instead of waiting for it.
+    verbose = FLAGS.verbosity > 0
+    with ending_promptly_on_failure():
+        try:
+            with reporting_user_errors(CheckpointError, NonFiniteLossError, traceback=verbose):
+                with reporting_runtime_errors(show_traceback=verbose):
+                    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        except TrainingInterrupted as stop:  # Ctrl-C / SIGTERM in a step loop: saved, resumable
+            print(stop, file=sys.stderr, flush=True)
+            sys.exit(128 + stop.signum)
+        except KeyboardInterrupt:  # elsewhere (data preparation, evaluation): nothing to save
+            print("interrupted; the checkpoints written so far are kept, rerun to resume", file=sys.stderr)
+            sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -593,11 +593,9 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def _export_config(deblur: DeblurNet | None, reblur: ReblurNet | None) -> dict[str, Any]:
-    """``model_config_dict`` of the networks converted; a ReblurNet-only export records only
-    the ReblurNet's keys (the DeblurNet keys would describe a network it does not hold)."""
-    if deblur is not None:
-        return model_config_dict(deblur, reblur)
-    return {k: v for k, v in model_config_dict(DeblurNet(), reblur).items() if k.startswith("reblur_")}
+    """``model_config_dict`` of the networks converted: a one-network export records only
+    that network's keys (the other's would describe a network it does not hold)."""
+    return model_config_dict(deblur, reblur)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aspdc_jax.models import model_from_config
+from aspdc_jax.models import networks_from_saved
 
 __all__ = [
     "MANIFEST_FILE",
@@ -176,12 +176,15 @@ def load_export(directory: str | Path) -> LoadedModels:
     with ocp.StandardCheckpointer() as checkpointer:
         tree = checkpointer.restore(directory / PARAMS_DIR)
     tree = _to_numpy(tree)
-    deblur, reblur = model_from_config(model_config)
     deblur_params, reblur_params = tree.get("deblur"), tree.get("reblur")
+    # A one-network export records only that network's keys (aspdc_jax.convert).
+    deblur, reblur = networks_from_saved(
+        model_config, deblur=deblur_params is not None, reblur=reblur_params is not None
+    )
     return LoadedModels(
-        deblur=deblur if deblur_params is not None else None,
+        deblur=deblur,
         deblur_params=deblur_params,
-        reblur=reblur if reblur_params is not None else None,
+        reblur=reblur,
         reblur_params=reblur_params,
         model_config=model_config,
         source=f"export {directory}",
@@ -394,11 +397,11 @@ def load_workdir(directory: str | Path) -> LoadedModels:
     finally:
         for f, _ in found.values():
             f.close()
-    deblur, reblur = model_from_config(model_config)
+    deblur, reblur = networks_from_saved(model_config, reblur=reblur_params is not None)
     return LoadedModels(
         deblur=deblur,
         deblur_params=deblur_params,
-        reblur=reblur if reblur_params is not None else None,
+        reblur=reblur,
         reblur_params=reblur_params,
         model_config=model_config,
         source=f"train.py workdir {directory} ({', '.join(sources)})",

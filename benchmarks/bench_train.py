@@ -41,7 +41,7 @@ from bench_inference import _peak_rss_gib
 from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import FlagParser
 from aspdc_jax.inference import use_low_memory_cpu_scheduler
-from aspdc_jax.models import model_from_config
+from aspdc_jax.models import model_defaults
 from aspdc_jax.training import (
     TrainState,
     init_params,
@@ -89,7 +89,8 @@ def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], step
     """Compiles and times the full deblur and finetune steps (MSE; ``dtype`` is the compute
     dtype, as ``config.compute_dtype``) at ``batch_size x size x size``; returns per-phase
     ``step_s``/``compile_s``/``xla_flops`` and the model FLOPs (3 x the DeblurNet forward)."""
-    deblur, reblur = model_from_config(dict(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2]))
+    nets = model_defaults().replace(deblur_width=widths[0], reblur_width=widths[1], num_groups=widths[2])
+    deblur, reblur = nets.networks()
     deblur, reblur = compute_modules({"compute_dtype": dtype}, deblur, reblur)
     mesh = make_mesh()
     rng = jax.random.key(0)

@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.phases = "deblur"
     config.data.crop_size = 96
     config.data.num_workers = 1
-    config.deblur.update(schedule="cosine", lr=3e-4, min_lr=3e-6, warmup_epochs=6.0)
+    config.deblur.warmup_epochs = 6.0  # the quickstart's cosine schedule, longer
     config.deblur.num_epochs = 200.0  # 6400 steps of 8 crops
     config.log_every_steps = 50
     config.checkpoint_every_steps = 400

@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.reblur.update(schedule="cosine", lr=5e-4, min_lr=5e-6, warmup_epochs=1.0)
     config.reblur.num_epochs = 12.0
     # Phase 3 at a tenth of phase 1's learning rate, as in the paper (1e-4 -> 1e-5).
-    config.finetune.update(schedule="cosine", lr=3e-5, min_lr=3e-6, warmup_epochs=0.0)
+    config.finetune.update(schedule="cosine", lr=3e-5, min_lr=3e-6)
     config.finetune.num_epochs = 6.0
 
     config.log_every_steps = 10

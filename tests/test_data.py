@@ -8,12 +8,12 @@ import shutil
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from aspdc_jax.data import builders, eval_pairs, imageio, layouts, make_train_loader, pipeline, synthetic
+from aspdc_jax.data.settings import DataSettings, defaults
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -29,22 +29,19 @@ def _save(path: pathlib.Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _cfg(**kw) -> ml_collections.ConfigDict:
-    base = dict(
+def _cfg(**kw) -> DataSettings:
+    """configs/default.py's data section at test sizes (photo crops only: no procedural scenes)."""
+    small = dict(
         dataset="synthetic",
-        data_dir=None,
-        tfds_dir=None,
         crop_size=32,
         num_workers=0,
-        gopro_variant="blur",
         epoch_size=40,
-        augment=True,
         read_threads=1,
+        synthetic_scene_probability=0.0,
         synthetic_test_crops_per_photo=2,
         synthetic_test_crop_size=64,
     )
-    base.update(kw)
-    return ml_collections.ConfigDict(base)
+    return defaults().replace(**{**small, **kw})
 
 
 def _gopro_tree(root: pathlib.Path, h: int = 40, w: int = 72) -> dict:
@@ -593,7 +590,7 @@ def test_empty_or_wrong_data_dir_names_the_layout(tmp_path, dataset, expected):
     (tmp_path / "d" / "notes.txt").write_text("not a dataset")
     with pytest.raises(FileNotFoundError, match=expected):
         eval_pairs(cfg)
-    cfg.data_dir = str(tmp_path / "d" / "notes.txt")
+    cfg = cfg.replace(data_dir=str(tmp_path / "d" / "notes.txt"))
     with pytest.raises(NotADirectoryError, match=r"notes.txt is a file, not a folder"):
         eval_pairs(cfg)
     assert not (tmp_path / "tfds").exists()
@@ -704,8 +701,8 @@ def test_synthetic_loader_uses_rescaled_photos(tmp_path):
     ex = pipeline.SyntheticExample(str(tmp_path), 32, 0, synthetic.SyntheticBlurConfig(), (1.0, 2.0, 0.5))
     # 4 training photos at x1 and x2; at x0.5 (20 px) they are smaller than the crop.
     assert [n for n, _ in ex.photos()] == [f"p{i}.png" for i in range(4)] + [f"p{i}.png@2" for i in range(4)]
-    with pytest.raises(ValueError, match="scales"):
-        make_train_loader(_cfg(data_dir=str(tmp_path), synthetic_photo_scales=(0.0,)), global_batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="synthetic_photo_scales must be a non-empty list"):
+        _cfg(data_dir=str(tmp_path), synthetic_photo_scales=(0.0,))
     with pytest.raises(ValueError, match="smaller than the crop 32"):
         make_train_loader(_cfg(data_dir=str(tmp_path), synthetic_photo_scales=(0.5,)), global_batch_size=1, seed=0)
 
@@ -758,7 +755,9 @@ def test_worker_processes_give_the_same_stream_and_resume(gopro):
 
 def test_pipeline_config_errors():
     with pytest.raises(ValueError, match="config.data.dataset must be one of"):
-        make_train_loader(_cfg(dataset="imagenet"), global_batch_size=1, seed=0)
+        _cfg(dataset="imagenet")
+    with pytest.raises(TypeError, match="make_train_loader takes DataSettings, got dict"):
+        make_train_loader({"dataset": "synthetic"}, global_batch_size=1, seed=0)
     with pytest.raises(ValueError, match="smaller than the crop"):
         make_train_loader(_cfg(crop_size=700), global_batch_size=1, seed=0)  # photos are 400-1000 px
     assert pipeline.DATASETS[0] == "synthetic"

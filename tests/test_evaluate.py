@@ -291,11 +291,12 @@ def test_limit_reads_only_the_first_pairs(tmp_path):
     """--limit N reads the first N pairs' files directly: no store is prepared, a corrupt
     file after them is never opened, and they are exactly the store's first N pairs."""
     from aspdc_jax.data import eval_pairs
+    from aspdc_jax.data.settings import defaults
     from aspdc_jax.evaluation.protocol import EvalConfig, _eval_pairs, evaluate
 
     data = tmp_path / "data"
     truth = _gopro_tree(data, h=20, w=24)
-    stored = list(eval_pairs({"dataset": "gopro", "data_dir": str(data), "tfds_dir": str(tmp_path / "store")}))
+    stored = list(eval_pairs(defaults().replace(dataset="gopro", data_dir=str(data), tfds_dir=str(tmp_path / "store"))))
     common = dict(dataset="gopro", data_dir=str(data), tfds_dir=str(tmp_path / "tfds"), progress=False)
     direct = list(_eval_pairs(EvalConfig(ckpt="", out="", limit=3, **common)))
     assert [p.name for p in direct] == [p.name for p in stored[:3]] == sorted(truth)[:3]
@@ -332,9 +333,10 @@ def test_scan_split_lists_a_split_without_reading_it(tmp_path):
 
 def test_limit_synthetic_makes_only_the_prefix():
     from aspdc_jax.data import eval_pairs
+    from aspdc_jax.data.settings import defaults
     from aspdc_jax.evaluation.protocol import EvalConfig, _eval_pairs
 
-    full = list(eval_pairs({"dataset": "synthetic"}, limit=13))
+    full = list(eval_pairs(defaults().replace(dataset="synthetic"), limit=13))
     prefix = _eval_pairs(EvalConfig(ckpt="", out="", dataset="synthetic", limit=13))
     assert len(prefix) == 13
     for a, b in zip(prefix, full, strict=True):

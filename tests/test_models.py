@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -21,7 +22,9 @@ from aspdc_jax.models import (
     ResBlock,
     init_params,
     model_config_dict,
+    model_defaults,
     model_from_config,
+    networks_from_saved,
 )
 
 KEY = jax.random.key(0)
@@ -110,7 +113,7 @@ TABLE5 = {
 
 def test_ablation_table_is_covered() -> None:
     assert set(ABLATIONS) == set(TABLE5)
-    assert model_from_config(ABLATIONS["full"])[0] == DeblurNet()
+    assert model_from_config(model_defaults().replace(**ABLATIONS["full"]))[0] == DeblurNet()
 
 
 @pytest.mark.parametrize("name", sorted(TABLE5))
@@ -179,8 +182,11 @@ def test_sum_fusion_is_the_plain_sum_of_branches() -> None:
     ],
 )
 def test_bad_model_config_raises(bad) -> None:
+    with pytest.raises(ValueError, match=r"^config\.model[.:]") as err:
+        model_defaults().replace(**bad)
+    assert "\n" not in str(err.value)
     with pytest.raises(ValueError):
-        model_from_config(bad)
+        model_from_config({**model_defaults().to_dict(), **bad})
 
 
 # ---------------------------------------------------------------- config round trip
@@ -197,8 +203,22 @@ def test_model_config_round_trip_through_json() -> None:
     d, r = model_from_config(cfg)
     dumped = json.loads(json.dumps(model_config_dict(d, r)))
     assert dumped == cfg
-    d2, r2 = model_from_config({**dumped, "has_reblur": True})
+    d2, r2 = networks_from_saved({**dumped, "has_reblur": True})
     assert (d2, r2) == (d, r)
+    # Exports written before reblur_residual existed load as what they were: no residual.
+    old = {k: v for k, v in dumped.items() if k != "reblur_residual"}
+    assert networks_from_saved(old)[1] == dataclasses.replace(r, residual=False)
+    # A one-network export records (and needs) only that network's keys.
+    only_reblur = json.loads(json.dumps(model_config_dict(None, r)))
+    assert set(only_reblur) == {"reblur_width", "reblur_residual"}
+    assert networks_from_saved(only_reblur, deblur=False) == (None, r)
+    with pytest.raises(ValueError, match="lacks deblur_width"):
+        networks_from_saved(only_reblur)
+    # config.model is strict: an unknown field (e.g. an export's has_reblur) or a missing one.
+    with pytest.raises(ValueError, match=r"config.model has no field 'has_reblur'"):
+        model_from_config({**dumped, "has_reblur": True})
+    with pytest.raises(ValueError, match=r"config.model lacks the field\(s\) reblur_residual"):
+        model_from_config(old)
 
 
 # ---------------------------------------------------------------- layers and init

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.models import ReblurNet, model_config_dict, model_from_config
+from aspdc_jax.models import ReblurNet, model_config_dict, model_defaults
 from aspdc_jax.publish import main as publish_main
 from aspdc_jax.training.state import make_optimizer
 from aspdc_jax.training.validation import evaluate_pairs
@@ -71,9 +71,11 @@ def test_residual_reblur_net_starts_at_the_sharp_image():
     np.testing.assert_array_equal(np.asarray(net.apply({"params": params}, blurred, sharp)), np.asarray(sharp))
     plain = dataclasses.replace(net, residual=False)  # the paper's: the tail is the image
     np.testing.assert_array_equal(np.asarray(plain.apply({"params": params}, blurred, sharp)), 0.0)
-    deblur, reblur = model_from_config({"deblur_width": 4, "reblur_width": 4, "num_groups": 1, "reblur_residual": True})
+    deblur, reblur = (
+        model_defaults().replace(deblur_width=4, reblur_width=4, num_groups=1, reblur_residual=True).networks()
+    )
     assert reblur.residual and model_config_dict(deblur, reblur)["reblur_residual"] is True
-    assert not model_from_config({})[1].residual  # the paper's default
+    assert not model_defaults().reblur_net().residual  # the paper's default
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.models import model_from_config
+from aspdc_jax.models import model_defaults, model_from_config
 from aspdc_jax.training import (
     PhaseCheckpoints,
     TrainState,
@@ -26,7 +26,7 @@ from aspdc_jax.training.state import ema_decay_at
 from aspdc_jax.weights import load_for_inference
 from tests.helpers.train_fakes import FakeLoader, fake_eval_pairs, fake_loader_factory, tiny_config
 
-TINY = dict(deblur_width=4, reblur_width=4, num_groups=1)
+TINY = model_defaults().replace(deblur_width=4, reblur_width=4, num_groups=1)
 
 
 def _leaves(tree):

@@ -376,7 +376,8 @@ def test_finished_finetune_notes_a_newer_deblur_phase(runs, tmp_path, capsys):
         ("deblur.warmup_epochs", 9.0, r"warmup_epochs must be in \[0, num_epochs=1.5\]"),
         ("loss", "l2", r"config.loss must be one of"),
         ("batch_size", 0, r"config.batch_size must be >= 1, got 0"),
-        ("data.epoch_size", 0, r"config.data.epoch_size must be >= 1, got 0"),
+        ("data.epoch_size", 0, r"config.data.epoch_size must be a positive int, got 0"),
+        ("data.synthetic_gamma", 0.0, r"config.data.synthetic_gamma must be a number > 0, got 0.0"),
     ],
 )
 def test_bad_config_values_fail_before_training(tmp_path, field, value, message):

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.models import model_from_config
+from aspdc_jax.models import model_defaults, model_from_config
 from aspdc_jax.training import (
     TrainState,
     charbonnier,
@@ -29,7 +29,7 @@ from aspdc_jax.training.schedules import halving_levels
 from aspdc_jax.training.sharding import replicate
 from tests.helpers.train_fakes import FakeLoader
 
-TINY = dict(deblur_width=4, reblur_width=4, num_groups=1)
+TINY = model_defaults().replace(deblur_width=4, reblur_width=4, num_groups=1)
 
 
 def _phase_cfg(**kw) -> ml_collections.ConfigDict:

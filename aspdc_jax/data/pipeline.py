@@ -32,10 +32,18 @@ import numpy as np
 from absl import flags
 
 from aspdc_jax.data import imageio, synthetic
+from aspdc_jax.data.settings import DATASETS, DataSettings
 
-__all__ = ["DATASETS", "EvalPair", "EvalPairs", "TrainLoader", "eval_pairs", "make_train_loader", "store_for"]
-
-DATASETS = ("synthetic", "gopro", "hide", "realblur_j", "realblur_r", "paired_folder", "unpaired_folder")
+__all__ = [
+    "DATASETS",
+    "DataSettings",
+    "EvalPair",
+    "EvalPairs",
+    "TrainLoader",
+    "eval_pairs",
+    "make_train_loader",
+    "store_for",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,50 +73,44 @@ class EvalPairs:
         return next(self.pairs)
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    try:
-        value = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None and default is not None else value
+def _settings(data: DataSettings, caller: str) -> DataSettings:
+    """``data`` itself; a TypeError for anything else (e.g. a ConfigDict: build the
+    settings once with ``DataSettings.from_config(config.data)``)."""
+    if not isinstance(data, DataSettings):
+        raise TypeError(
+            f"{caller} takes DataSettings, got {type(data).__name__}; build them with "
+            "aspdc_jax.data.DataSettings.from_config(config.data) (or aspdc_jax.data.settings.defaults())"
+        )
+    return data
 
 
-def _blur_config(cfg: Any) -> synthetic.SyntheticBlurConfig:
+def _blur_config(data: DataSettings) -> synthetic.SyntheticBlurConfig:
     return synthetic.SyntheticBlurConfig(
-        strength=float(_get(cfg, "synthetic_strength", 1.0)),
-        max_camera_blur=float(_get(cfg, "synthetic_max_blur", 24.0)),
-        sharp_probability=float(_get(cfg, "synthetic_sharp_probability", 0.1)),
-        object_probability=float(_get(cfg, "synthetic_object_probability", 0.3)),
-        noise_sigma=float(_get(cfg, "synthetic_noise_sigma", 0.01)),
-        gamma=float(_get(cfg, "synthetic_gamma", 2.2)),
-        saturation_probability=float(_get(cfg, "synthetic_saturation_probability", 0.25)),
-        jpeg_probability=float(_get(cfg, "synthetic_jpeg_probability", 0.25)),
+        strength=data.synthetic_strength,
+        max_camera_blur=data.synthetic_max_blur,
+        sharp_probability=data.synthetic_sharp_probability,
+        object_probability=data.synthetic_object_probability,
+        noise_sigma=data.synthetic_noise_sigma,
+        gamma=data.synthetic_gamma,
+        saturation_probability=data.synthetic_saturation_probability,
+        jpeg_probability=data.synthetic_jpeg_probability,
     )
 
 
-def _dataset(cfg: Any) -> str:
-    name = _get(cfg, "dataset", "synthetic")
-    if name not in DATASETS:
-        raise ValueError(f"config.data.dataset must be one of {DATASETS}, got {name!r}")
-    return name
-
-
-def store_for(cfg: Any, split: str | None = None):
-    """Prepare (or reuse) the TFDS store of a non-synthetic ``config.data``; returns the builder.
+def store_for(data: DataSettings, split: str | None = None):
+    """Prepare (or reuse) the TFDS store of a non-synthetic dataset; returns the builder.
 
     With ``split`` ("train" | "test"), GoPro and RealBlur get a store of that split alone
     (evaluating on the test set never encodes the training set); other datasets, and
     ``split=None``, store every split on disk.
     """
-    name = _dataset(cfg)
+    name = _settings(data, "store_for").dataset
     if name == "synthetic":
         raise ValueError("the synthetic dataset has no store here; use eval_pairs / make_train_loader")
     config = None
     builder_name = name
     if name == "gopro":
-        config = _get(cfg, "gopro_variant", "blur")
-        if config not in ("blur", "blur_gamma"):
-            raise ValueError(f"config.data.gopro_variant must be 'blur' or 'blur_gamma', got {config!r}")
+        config = data.gopro_variant
     elif name.startswith("realblur"):
         builder_name, config = "realblur", name[-1].upper()
     from aspdc_jax.data import builders  # noqa: PLC0415 (tensorflow_datasets only for stores)
@@ -117,9 +119,7 @@ def store_for(cfg: Any, split: str | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"{name} has the splits 'train' and 'test', got {split!r}")
         config = f"{config}_{split}"
-    return builders.prepare(
-        builder_name, manual_dir=_get(cfg, "data_dir", None), tfds_dir=_get(cfg, "tfds_dir", None), config=config
-    )
+    return builders.prepare(builder_name, manual_dir=data.data_dir, tfds_dir=data.tfds_dir, config=config)
 
 
 def _split_of(builder, wanted: str) -> str:
@@ -229,23 +229,34 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> TrainLoader:
-    """Training loader for ``config.data`` (see module doc); this process's shard.
+def make_train_loader(
+    data: DataSettings,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainLoader:
+    """Training loader for ``data`` (``config.data``, see module doc); this process's shard.
 
-    The batch per process is ``global_batch_size // jax.process_count()``.
+    The batch per process is ``global_batch_size // process_count``: process ``p`` reads
+    the examples at global positions ``p, p + process_count, ...`` of the one shuffled
+    stream, so the processes' batches are disjoint and together hold the examples of one
+    process's global batch. ``process_index`` / ``process_count`` default to JAX's.
     """
-    pc, pi = jax.process_count(), jax.process_index()
+    _settings(data, "make_train_loader")
+    pc = jax.process_count() if process_count is None else int(process_count)
+    pi = jax.process_index() if process_index is None else int(process_index)
+    if not 0 <= pi < pc:
+        raise ValueError(f"process_index must be in [0, {pc}), got {pi}")
     if global_batch_size <= 0 or global_batch_size % pc:
         raise ValueError(
             f"global_batch_size must be a positive multiple of process_count={pc}, got {global_batch_size}"
         )
     batch = global_batch_size // pc
-    crop = int(_get(data_cfg, "crop_size", 256))
-    if crop <= 0:
-        raise ValueError(f"config.data.crop_size must be positive, got {crop}")
-    name = _dataset(data_cfg)
+    crop, name = data.crop_size, data.dataset
     if name == "synthetic":
-        photo_dir = _get(data_cfg, "data_dir", None)
+        photo_dir = data.data_dir
         photos = synthetic.photo_source(photo_dir, "train")
         for pname, photo in photos:
             if min(photo.shape[:2]) < crop:
@@ -253,19 +264,19 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
                     f"photo {pname} is {photo.shape[0]}x{photo.shape[1]}, smaller than the crop {crop}x{crop}; "
                     "lower config.data.crop_size or remove the photo"
                 )
-        num_examples = int(_get(data_cfg, "epoch_size", 2103))
-        scales = synthetic.photo_scales(tuple(_get(data_cfg, "synthetic_photo_scales", (1.0,))))
+        num_examples = data.epoch_size
+        scales = synthetic.photo_scales(data.synthetic_photo_scales)
         sides = [min(photo.shape[:2]) for _, photo in photos]
         if not any(round(side * float(s)) >= crop for side in sides for s in scales):
             raise ValueError(
                 f"config.data.synthetic_photo_scales {scales}: every rescaled photo is smaller than the crop {crop}"
             )
-        scene_p = float(_get(data_cfg, "synthetic_scene_probability", 0.0))
-        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data_cfg), scales, scene_p)
+        scene_p = data.synthetic_scene_probability
+        transform: Any = SyntheticExample(photo_dir, crop, seed, _blur_config(data), scales, scene_p)
     elif name in ("hide", "unpaired_folder"):
         raise ValueError(f"dataset {name} is for evaluation only (no training pairs)")
     else:
-        builder = store_for(data_cfg, split="train")
+        builder = store_for(data, split="train")
         split = _split_of(builder, "train")
         too_small = [(n, h, w, f) for n, h, w, f in builder.info.metadata["sizes"][split] if h < crop or w < crop]
         if too_small:
@@ -276,17 +287,15 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
             )
         source = builder.as_data_source(split)
         num_examples = len(source)
-        transform = StoreCrop(source, crop, seed, bool(_get(data_cfg, "augment", True)))
+        transform = StoreCrop(source, crop, seed, data.augment)
     if num_examples < pc:
         raise ValueError(f"{num_examples} training examples cannot be sharded over {pc} processes")
 
     ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(None)
     ds = ds.map_with_index(_with_index)[pi::pc]
     ds = ds.map(transform).batch(batch, drop_remainder=True)
-    workers = int(_get(data_cfg, "num_workers", 0))
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=int(_get(data_cfg, "read_threads", 2)), prefetch_buffer_size=2 * batch)
-    )
+    workers = data.num_workers
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=2 * batch))
     if workers > 0:
         _ensure_absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -300,23 +309,24 @@ def make_train_loader(data_cfg: Any, *, global_batch_size: int, seed: int) -> Tr
 VAL_SPLIT = "val"
 
 
-def synthetic_eval_list(data_cfg: Any, split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+def synthetic_eval_list(data: DataSettings, split: str = "test") -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
     """The fixed, seeded synthetic pairs (same as the `synthetic_blur` store's test split).
 
     ``split="val"``: the same kind of pairs made from the *training* photos with another
     seed (the training stream draws fresh random crops and blur, so these exact pairs are
     not trained on, but their photos are)."""
     val = split == VAL_SPLIT
+    _settings(data, "synthetic_eval_list")
     return synthetic.synthetic_test_pairs(
-        synthetic.photo_source(_get(data_cfg, "data_dir", None), "train" if val else split),
-        crops_per_photo=int(_get(data_cfg, "synthetic_test_crops_per_photo", 3)),
-        crop_size=int(_get(data_cfg, "synthetic_test_crop_size", 256)),
-        seed=int(_get(data_cfg, "synthetic_test_seed", 0)) + (7919 if val else 0),
-        config=_blur_config(data_cfg),
+        synthetic.photo_source(data.data_dir, "train" if val else split),
+        crops_per_photo=data.synthetic_test_crops_per_photo,
+        crop_size=data.synthetic_test_crop_size,
+        seed=data.synthetic_test_seed + (7919 if val else 0),
+        config=_blur_config(data),
     )
 
 
-def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> EvalPairs:
+def eval_pairs(data: DataSettings, split: str = "test", limit: int | None = None) -> EvalPairs:
     """Full evaluation images in a deterministic (sorted-name) order.
 
     synthetic: ``synthetic_test_crops_per_photo`` fixed crops (``synthetic_test_crop_size``)
@@ -328,20 +338,20 @@ def eval_pairs(data_cfg: Any, split: str = "test", limit: int | None = None) -> 
     The dataset is opened (and checked) here, not on the first ``next``; ``len()`` of the
     result is the number of pairs it yields.
     """
-    name = _dataset(data_cfg)
+    name = _settings(data, "eval_pairs").dataset
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     if name == "synthetic":
-        pairs = synthetic_eval_list(data_cfg, split)
+        pairs = synthetic_eval_list(data, split)
         pairs = pairs[:limit] if limit is not None else pairs
         return EvalPairs(len(pairs), (EvalPair(n, b, s, dict(info, dataset="synthetic")) for n, b, s, info in pairs))
     if split == VAL_SPLIT:  # a fixed, seeded sample of the training split
-        builder = store_for(data_cfg, split="train")
+        builder = store_for(data, split="train")
         source = builder.as_data_source(_split_of(builder, "train"))
         count = len(source) if limit is None else min(limit, len(source))
         picked = sorted(np.random.default_rng(0).permutation(len(source))[:count].tolist())
         return EvalPairs(count, _store_pairs(source, picked, name))
-    builder = store_for(data_cfg, split=split)
+    builder = store_for(data, split=split)
     source = builder.as_data_source(_split_of(builder, split))
     count = len(source) if limit is None else min(limit, len(source))
     return EvalPairs(count, _store_pairs(source, range(count), name))

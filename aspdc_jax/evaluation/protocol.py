@@ -341,16 +341,14 @@ def _eval_pairs(cfg: EvalConfig) -> Any:
     ``synthetic`` only as many crops per photo as the prefix needs are made (each pair
     depends only on its seed, photo, band and crop index, so they are the same pairs).
     """
-    from aspdc_jax.data import pipeline  # noqa: PLC0415
+    from aspdc_jax.data import pipeline, settings  # noqa: PLC0415
 
-    data_cfg: dict[str, Any] = {
-        "dataset": cfg.dataset,
-        "data_dir": cfg.data_dir,
-        "tfds_dir": cfg.tfds_dir,
-        "gopro_variant": cfg.gopro_variant,
-    }
+    # The flags set where the data is; every other field is configs/default.py's.
+    data = settings.defaults().replace(
+        dataset=cfg.dataset, data_dir=cfg.data_dir, tfds_dir=cfg.tfds_dir, gopro_variant=cfg.gopro_variant
+    )
     if cfg.limit is None or cfg.split == pipeline.VAL_SPLIT:  # val: a random sample of the train split
-        return pipeline.eval_pairs(data_cfg, split=cfg.split, limit=cfg.limit)
+        return pipeline.eval_pairs(data, split=cfg.split, limit=cfg.limit)
     if cfg.limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {cfg.limit}")
     if cfg.dataset != "synthetic":
@@ -358,8 +356,8 @@ def _eval_pairs(cfg: EvalConfig) -> Any:
     from aspdc_jax.data import synthetic  # noqa: PLC0415
 
     per_crop = len(synthetic.photo_source(cfg.data_dir, cfg.split)) * len(synthetic.BANDS)
-    crops = min(3, -(-cfg.limit // max(per_crop, 1)))  # 3: eval_pairs' synthetic_test_crops_per_photo
-    return pipeline.eval_pairs(dict(data_cfg, synthetic_test_crops_per_photo=crops), split=cfg.split, limit=cfg.limit)
+    crops = min(data.synthetic_test_crops_per_photo, -(-cfg.limit // max(per_crop, 1)))
+    return pipeline.eval_pairs(data.replace(synthetic_test_crops_per_photo=crops), split=cfg.split, limit=cfg.limit)
 
 
 def _first_pairs(cfg: EvalConfig) -> Any:

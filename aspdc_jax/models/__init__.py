@@ -11,7 +11,14 @@ Variables are ``{"params": ...}`` only (no batch statistics)::
 """
 
 from aspdc_jax.models.aspdc import AFIM, ASPDC, BRANCH_DILATIONS, DeformBranch
-from aspdc_jax.models.config import ABLATIONS, MODEL_CONFIG_DEFAULTS, model_config_dict, model_from_config
+from aspdc_jax.models.config import (
+    ABLATIONS,
+    ModelSettings,
+    model_config_dict,
+    model_defaults,
+    model_from_config,
+    networks_from_saved,
+)
 from aspdc_jax.models.deblur_net import DeblurGroup, DeblurNet, DeblurOutput
 from aspdc_jax.models.init import init_params
 from aspdc_jax.models.layers import ConvTranspose2x, DeformConv, ResBlock
@@ -22,16 +29,18 @@ __all__ = [
     "AFIM",
     "ASPDC",
     "BRANCH_DILATIONS",
-    "MODEL_CONFIG_DEFAULTS",
     "ConvTranspose2x",
     "DeblurGroup",
     "DeblurNet",
     "DeblurOutput",
     "DeformBranch",
     "DeformConv",
+    "ModelSettings",
     "ReblurNet",
     "ResBlock",
     "init_params",
     "model_config_dict",
+    "model_defaults",
     "model_from_config",
+    "networks_from_saved",
 ]

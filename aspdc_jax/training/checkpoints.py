@@ -11,7 +11,9 @@ Layout of a workdir::
 
 ``params`` is the trained network's params (DeblurNet for deblur/finetune, ReblurNet for
 reblur), ``opt_state`` its Adam state, ``frozen`` the ReblurNet params finetune used
-(bit-identical to the reblur phase's), ``data`` the training iterator's state (JSON),
+(bit-identical to the reblur phase's), ``data`` the training iterator's state (JSON,
+written by process 0: every process is at the same position of its own shard, so it
+serves them all),
 ``ema`` (with ``config.ema_decay`` > 0) the moving average of ``params``, ``config`` the
 full run config (JSON) and ``meta`` (JSON) the phase, step, total steps,
 whether the phase finished, the model config and every parameter shape (checked before

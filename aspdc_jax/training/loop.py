@@ -27,11 +27,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aspdc_jax.cli import show_progress
 from aspdc_jax.data import eval_pairs as data_eval_pairs
 from aspdc_jax.data import make_train_loader
+from aspdc_jax.data.settings import DataSettings
 from aspdc_jax.images import to_model
 from aspdc_jax.models import model_config_dict, model_from_config
 from aspdc_jax.models.config import compute_dtype
@@ -205,7 +207,9 @@ class _Run:
 
 def _open_run(phase: Phase, config, workdir: Path, nets, mesh, loader_factory: LoaderFactory) -> _Run:
     loader = loader_factory(
-        config.data, global_batch_size=int(config.batch_size), seed=int(config.seed) + 1000 * phase.index
+        DataSettings.from_config(config.data),
+        global_batch_size=int(config.batch_size),
+        seed=int(config.seed) + 1000 * phase.index,
     )
     spe = steps_per_epoch(int(loader.num_examples), int(config.batch_size))
     rng = jax.random.fold_in(jax.random.key(int(config.seed)), phase.index)
@@ -507,7 +511,12 @@ def _every(config, field: str, total: int) -> int:
 
 
 def _preview(run: _Run, eval_fns, params, frozen, batch, n: int = 2) -> np.ndarray:
-    """Grid rows [blurred | output | sharp] of n examples; a frozen ReblurNet adds R(b, D(b))."""
+    """Grid rows [blurred | output | sharp] of n examples; a frozen ReblurNet adds R(b, D(b)).
+
+    Only process 0 draws previews; with several processes it runs the networks on a local
+    copy of the (replicated) params, a computation no other process takes part in."""
+    if jax.process_count() > 1:
+        params, frozen = jax.device_get((params, frozen))
     b, s = to_model(np.asarray(batch["blurred"][:n])), to_model(np.asarray(batch["sharp"][:n]))
     if run.phase.evaluates == "reblur":
         out = eval_fns["reblur"](params, b, s)
@@ -606,10 +615,11 @@ def _evaluator(run: _Run, eval_fns, eval_pairs_fn: EvalPairsFn | None, writer: M
     if eval_pairs_fn is None or int(config.eval_limit) <= 0:
         return None
     best = _BestExport(run, frozen)
+    data = DataSettings.from_config(config.data)
 
     def evaluate(params: PyTree, step: int, final: bool = False) -> dict[str, Any]:
         split = str(config.eval_split if final else config.val_split)
-        pairs = eval_pairs_fn(config.data, split=split, limit=int(config.eval_limit))
+        pairs = eval_pairs_fn(data, split=split, limit=int(config.eval_limit))
         result = evaluate_pairs(run.phase.evaluates, pairs, params=params, eval_fns=eval_fns)
         writer.write(step, "eval" if final else "val", result)
         _print_eval(run, split, step, result)
@@ -632,20 +642,39 @@ class _BestExport:
         self.score = json.loads(self.record.read_text())["psnr_output"] if self.record.is_file() else -math.inf
 
     def offer(self, params: PyTree, step: int, result: Mapping[str, Any]) -> None:
+        """Exports ``params`` when ``result`` beats the best so far. Every process calls it
+        (Orbax writes the export with all of them taking part); process 0's score decides,
+        and process 0 alone moves the export into place and records it."""
         score = float(result.get("psnr_output", -math.inf))
-        if self.run.phase.network != "deblur" or not score > self.score or jax.process_index() != 0:
+        if self.run.phase.network != "deblur" or not _process_0_decides(score > self.score):
             return
+        primary, several = jax.process_index() == 0, jax.process_count() > 1
         tmp = self.directory.with_name("best.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if several:  # tmp is gone before anyone writes to it ...
+            multihost_utils.sync_global_devices(f"{tmp} cleared for step {step}")
         reblur = jax.device_get(self.frozen) if self.run.phase.frozen == "reblur" else None
         save_export(tmp, model_config=self.run.model_config, deblur_params=jax.device_get(params), reblur_params=reblur)
+        if several:  # ... and complete (every process done writing) before it is moved
+            multihost_utils.sync_global_devices(f"{tmp} written for step {step}")
+        self.score = score
+        if not primary:
+            return
         (tmp / "best.json").write_text(
             json.dumps({"step": step, "psnr_output": score, "split": self.run.config.val_split})
         )
         shutil.rmtree(self.directory, ignore_errors=True)
         os.replace(tmp, self.directory)
-        self.score = score
         print(f"[{self.run.name}] step {step}: best so far ({score:.2f} dB), exported to {self.directory}", flush=True)
+
+
+def _process_0_decides(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process, so that all take the same branch around a
+    step where they must act together; ``flag`` itself with one process."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def _print_eval(run: _Run, split: str, step: int, result: Mapping[str, Any]) -> None:
@@ -729,13 +758,11 @@ def _check_config(config: ml_collections.ConfigDict, phases: tuple[str, ...]) ->
     get_loss(str(config.loss))
     if int(config.batch_size) < 1:
         raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
-    if str(config.data.dataset) == "synthetic" and int(config.data.epoch_size) < 1:
-        raise ValueError(f"config.data.epoch_size must be >= 1, got {config.data.epoch_size}")
     if int(config.max_checkpoints_to_keep) < 1:
         raise ValueError(f"config.max_checkpoints_to_keep must be >= 1, got {config.max_checkpoints_to_keep}")
     if int(config.eval_limit) < 0:
         raise ValueError(f"config.eval_limit must be >= 0 (0 disables the evaluation), got {config.eval_limit}")
-    crop = int(config.data.crop_size)
+    crop = DataSettings.from_config(config.data).crop_size  # every data field checked here
     # DeblurNet downsamples twice (multiples of 4); ReblurNet three times (multiples of 8).
     uses_reblur = any("reblur" in (get_phase(p).network, get_phase(p).frozen) for p in phases)
     multiple = 8 if uses_reblur else 4
@@ -767,17 +794,19 @@ def train_and_evaluate(
     if int(config.batch_size) % n:
         raise ValueError(f"config.batch_size {config.batch_size} must be a multiple of the device count {n}")
     _check_config(config, phases)
+    pc = jax.process_count()
     print(
         f"[train] {n} {jax.devices()[0].platform} device{'s' if n > 1 else ''} on "
-        f"{jax.process_count()} host{'s' if jax.process_count() > 1 else ''}; global batch "
-        f"{config.batch_size} ({int(config.batch_size) // n} per device)",
+        f"{pc} host{'s' if pc > 1 else ''}; global batch "
+        f"{config.batch_size} ({int(config.batch_size) // n} per device)"
+        + (f"; process {jax.process_index()} loads {int(config.batch_size) // pc} per step" if pc > 1 else ""),
         flush=True,
     )
     deblur, reblur = model_from_config(config.model)
     compute_modules(config, deblur, reblur)  # a bad config.compute_dtype fails here, not mid-run
     if eval_pairs_fn is not None and int(config.eval_limit) > 0:
         # The held-out pairs, checked (and a store prepared) before anything trains.
-        eval_pairs_fn(config.data, split=str(config.eval_split), limit=int(config.eval_limit))
+        eval_pairs_fn(DataSettings.from_config(config.data), split=str(config.eval_split), limit=int(config.eval_limit))
     return {
         phase: run_phase(
             phase,

@@ -3,7 +3,13 @@ optimizer state are replicated. Works on 1..N local devices and on several hosts
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -12,12 +18,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "DATA_AXIS",
+    "DISTRIBUTED_TIMEOUTS",
     "batch_sharding",
+    "distributed_timeouts",
+    "ending_promptly_on_failure",
     "make_mesh",
     "maybe_initialize_distributed",
     "put_global_batch",
     "replicate",
     "replicated_sharding",
+    "reporting_runtime_errors",
 ]
 
 DATA_AXIS = "data"
@@ -28,10 +38,27 @@ DATA_AXIS = "data"
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 _MULTIHOST_COUNT_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
 
+# The timeouts of jax.distributed.initialize, in seconds: environment variable -> (its
+# keyword, default). Initialization: how long a process waits for all the others to
+# connect (they may start minutes apart on a cluster). Heartbeat: after how long without a
+# heartbeat a process counts as dead; then every other process ends with an error (sooner
+# when it is waiting on the dead one in a collective: that fails at once). Shutdown: how
+# long a finished process waits at exit for the others to finish too.
+DISTRIBUTED_TIMEOUTS: dict[str, tuple[str, int]] = {
+    "ASPDC_INITIALIZATION_TIMEOUT": ("initialization_timeout", 300),
+    "ASPDC_HEARTBEAT_TIMEOUT": ("heartbeat_timeout_seconds", 100),
+    "ASPDC_SHUTDOWN_TIMEOUT": ("shutdown_timeout_seconds", 300),
+}
+
 _distributed_initialized = False
 
 
 def _multihost_requested() -> bool:
+    """A multi-host variable is set, or ``ASPDC_DISTRIBUTED=1`` asks for
+    ``jax.distributed.initialize()`` with JAX's own cluster detection (a Cloud TPU pod
+    slice, where no variable says so)."""
+    if os.environ.get("ASPDC_DISTRIBUTED", "").strip() == "1":
+        return True
     if any(os.environ.get(name) for name in _MULTIHOST_ENV):
         return True
     for name in _MULTIHOST_COUNT_ENV:
@@ -43,28 +70,141 @@ def _multihost_requested() -> bool:
     return False
 
 
+def distributed_timeouts(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """The ``jax.distributed.initialize`` timeout keywords from ``DISTRIBUTED_TIMEOUTS``
+    (the environment, else the defaults); ValueError for a value that is not a positive
+    whole number of seconds. Keywords this JAX version lacks are left out."""
+    environ = dict(os.environ) if environ is None else environ
+    known = inspect.signature(jax.distributed.initialize).parameters
+    out = {}
+    for name, (keyword, default) in DISTRIBUTED_TIMEOUTS.items():
+        raw = environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {raw!r}")
+        if keyword in known:
+            out[keyword] = value
+    return out
+
+
+def _use_gloo_on_cpu() -> None:
+    """Cross-process collectives on CPU need an implementation (gloo: TCP, nothing to
+    install); recent JAX versions default to it, older ones had none. A choice made with
+    ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` (e.g. ``mpi``) is kept."""
+    if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        return
+    with contextlib.suppress(AttributeError, ValueError):  # a JAX version without the option
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
 def maybe_initialize_distributed(force: bool = False) -> bool:
     """Calls ``jax.distributed.initialize()`` when a multi-host environment is set.
 
     Must run before any other JAX call. Returns True when it initialised. The coordinator
     address, process count and id come from the environment (``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) or from the cluster (SLURM, Open MPI, TPU).
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) or from the cluster (SLURM, Open MPI; a
+    Cloud TPU pod slice with ``ASPDC_DISTRIBUTED=1``); the timeouts from
+    ``ASPDC_INITIALIZATION_TIMEOUT``, ``ASPDC_HEARTBEAT_TIMEOUT`` and
+    ``ASPDC_SHUTDOWN_TIMEOUT`` (seconds; `DISTRIBUTED_TIMEOUTS` has the defaults). On CPU
+    the processes' collectives run over gloo (TCP).
     """
     global _distributed_initialized
     if _distributed_initialized:
         return True
     if not (force or _multihost_requested()):
         return False
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = distributed_timeouts()
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         kwargs["coordinator_address"] = os.environ["JAX_COORDINATOR_ADDRESS"]
     if os.environ.get("JAX_NUM_PROCESSES"):
         kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
     if os.environ.get("JAX_PROCESS_ID"):
         kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    _use_gloo_on_cpu()
     jax.distributed.initialize(**kwargs)
     _distributed_initialized = True
     return True
+
+
+def _exit_now(status: int) -> None:
+    """Ends this process at once: no ``jax.distributed`` shutdown barrier, which would
+    wait for the other processes (up to the heartbeat or shutdown timeout)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+# The status codes XLA's errors start with ("UNKNOWN: Gloo AllGather failed: ..."): the
+# mark of a runtime error that JAX re-raised as another type (e.g. ValueError from jit).
+_XLA_STATUS = re.compile(
+    r"^(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|"
+    r"RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|"
+    r"DATA_LOSS|UNAUTHENTICATED): "
+)
+
+
+def _runtime_error(err: BaseException | None) -> BaseException | None:
+    """The JAX runtime error in ``err``'s chain of causes (what a failed collective
+    raises, however it was re-raised), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, jax.errors.JaxRuntimeError) or _XLA_STATUS.match(str(err)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def reporting_runtime_errors(show_traceback: bool = False) -> Iterator[None]:
+    """In a multi-process run, a JAX runtime error (what this process sees when another
+    one died: its next collective fails) becomes one ``error:`` line that says so, and
+    exit status 1. Other exceptions pass. No-op with one process."""
+    if not _distributed_initialized:
+        yield
+        return
+    try:
+        yield
+    except Exception as err:
+        runtime = _runtime_error(err)
+        if runtime is None:
+            raise
+        if show_traceback:
+            traceback.print_exc()
+        text = str(runtime).strip()
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()}: a JAX runtime error "
+            f"({text.splitlines()[0] if text else type(runtime).__name__}). When another process died or "
+            "was stopped, this is what the others see: look at its output. Start all processes again "
+            "with the same command to resume from the last checkpoint.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def ending_promptly_on_failure() -> Iterator[None]:
+    """In a multi-process run, any failure (an exception, or ``sys.exit`` with a non-zero
+    status) ends this process at once, so the others fail fast in their next collective
+    instead of waiting for it, and this one does not wait for them at the shutdown
+    barrier. No-op with one process."""
+    if not _distributed_initialized:
+        yield
+        return
+    try:
+        yield
+    except SystemExit as done:
+        if done.code in (0, None):
+            raise
+        if not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+        _exit_now(done.code if isinstance(done.code, int) else 1)
+    except BaseException:  # any other failure: reported, then this process ends at once
+        traceback.print_exc()
+        _exit_now(1)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.models import model_config_dict, model_from_config
+from aspdc_jax.models import model_config_dict, model_defaults
 from aspdc_jax.weights import save_export
 
-TINY_MODEL = {"deblur_width": 4, "reblur_width": 4, "num_groups": 1}
+TINY_MODEL = model_defaults().replace(deblur_width=4, reblur_width=4, num_groups=1)
 
 
 def random_params(module, *inputs, seed: int = 0):
@@ -38,7 +38,7 @@ def random_params(module, *inputs, seed: int = 0):
 
 def tiny_models(seed: int = 0):
     """(deblur, deblur_params, reblur, reblur_params) at width 4, one ASPDC group."""
-    deblur, reblur = model_from_config(TINY_MODEL)
+    deblur, reblur = TINY_MODEL.networks()
     x = jnp.zeros((1, 16, 16, 3))
     dparams = random_params(deblur, x, seed=seed)
     rparams = random_params(reblur, x, x, seed=seed + 1)
