@@ -63,7 +63,7 @@ def make_schedule(phase_cfg: ml_collections.ConfigDict, *, steps_per_epoch: int)
     min_lr = float(phase_cfg.min_lr)
     if not lr > 0 or not min_lr >= 0:
         raise ValueError(f"lr must be > 0 and min_lr >= 0, got lr={lr}, min_lr={min_lr}")
-    num_epochs = phase_cfg.get("num_epochs")
+    num_epochs = phase_cfg.num_epochs
     if kind == "halving":
         every = float(phase_cfg.halve_every_epochs)
         if every <= 0:
@@ -75,7 +75,7 @@ def make_schedule(phase_cfg: ml_collections.ConfigDict, *, steps_per_epoch: int)
     num_epochs = float(num_epochs)
     if num_epochs <= 0:
         raise ValueError(f"num_epochs must be > 0, got {num_epochs}")
-    warmup_epochs = float(phase_cfg.get("warmup_epochs", 0.0))
+    warmup_epochs = float(phase_cfg.warmup_epochs)
     if not 0 <= warmup_epochs <= num_epochs:
         raise ValueError(f"warmup_epochs must be in [0, num_epochs={num_epochs:g}], got {warmup_epochs:g}")
     total_steps = max(1, int(round(num_epochs * steps_per_epoch)))

@@ -81,11 +81,11 @@ def make_optimizer(
         eps=float(config.adam_eps),
     )
     parts: list[optax.GradientTransformation] = []
-    clip = float(config.get("grad_clip_norm", 0.0) or 0.0)
+    clip = float(config.grad_clip_norm)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
     parts.append(adam)
-    mult = float(config.get("offset_lr_multiplier", 1.0))
+    mult = float(config.offset_lr_multiplier)
     if mult != 1.0:
         scale_sampling = optax.masked(
             optax.scale(mult),
