@@ -3,9 +3,6 @@ CPU devices, in a subprocess) and under vmap; reflect padding as np.pad."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,8 @@ from aspdc_jax.inference import Deblurrer, make_deblur_fn
 from aspdc_jax.inference.functional import reflect_pad
 from aspdc_jax.weights import LoadedModels
 from tests.helpers.models import smooth_image, tiny_models
+from tests.helpers.processes import run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZE = (13, 18)  # odd: padded to 16x20 inside, cropped back
 
 
@@ -120,16 +117,5 @@ SHARDED = textwrap.dedent(
 
 def test_jit_with_batch_sharded_over_two_devices(images: np.ndarray, reference: np.ndarray, tmp_path: Path) -> None:
     np.save(tmp_path / "images.npy", images)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_python(SHARDED, str(tmp_path / "images.npy"), str(tmp_path / "out.npy"), devices=2)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), reference)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,8 +13,7 @@ from PIL import Image
 from aspdc_jax.images import ImageReadError
 from aspdc_jax.inference import Deblurrer
 from tests.helpers.models import smooth_image, tiny_models
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.processes import run_python
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +89,7 @@ def test_batches_split_over_two_devices_equal_one_device(tiny: tuple[Any, Any], 
     images = [im[:20, :24] for im in _images() if min(im.shape[:2]) >= 20]
     assert len(images) == 3
     np.save(tmp_path / "in.npy", np.stack(images))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    proc = subprocess.run(
-        [sys.executable, "-c", MULTI_DEVICE, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_python(MULTI_DEVICE, str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), devices=2)
     # There each device ran 2 images: [0, 1] and [2, 2 (the filler)]. Here: the same pairs.
     pairs = Deblurrer(deblur, params, bucket=8, batch_size=2)
     want = [*pairs.deblur(images[:2]), pairs.deblur([images[2], images[2]])[0]]

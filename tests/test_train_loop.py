@@ -171,6 +171,7 @@ def test_resume_with_another_config_names_the_changes(runs, tmp_path, capsys):
     assert f"delete {workdir / 'deblur'}" in out and "finished earlier (step 8/8): skipped" in out
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_eval_limit_zero_disables_in_phase_evaluation_too(tmp_path):
     c = tiny_config()
     c.eval_limit = 0
@@ -391,6 +392,7 @@ def test_bad_config_values_fail_before_training(tmp_path, field, value, message)
     assert not any((tmp_path / p).exists() for p in ("deblur", "reblur"))
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_checkpoint_every_zero_means_only_at_the_end(tmp_path):
     c = tiny_config()
     c.checkpoint_every_steps = 0
@@ -399,6 +401,7 @@ def test_checkpoint_every_zero_means_only_at_the_end(tmp_path):
         assert ckpt.all_steps() == [STEPS]
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_resume_with_another_batch_size_says_so(runs, tmp_path, capsys):
     import shutil
 
