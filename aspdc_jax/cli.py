@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 __all__ = [
     "USER_ERRORS",
     "FlagParser",
+    "add_compute_flags",
     "parse_absl_flags",
     "print_user_error",
     "reporting_user_errors",
@@ -52,6 +53,21 @@ def returning_user_errors(main: Callable[[], int], *extra: type[BaseException], 
             raise
         print_user_error(err)
         return 2
+
+
+def add_compute_flags(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--self_ensemble``, as every tool that runs the DeblurNet spells them."""
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype; bfloat16 is for GPUs/TPUs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--self_ensemble",
+        action="store_true",
+        help="geometric x8 self-ensemble: average the outputs of the 8 flips/transposes (8x the time)",
+    )
 
 
 def show_progress(requested: bool = True) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aspdc_jax.cli import FlagParser, returning_user_errors
+from aspdc_jax.cli import FlagParser, add_compute_flags, returning_user_errors
 
 __all__ = ["DEFAULT_PLATFORMS", "INPUT_SHAPE", "export_deblur", "main"]
 
@@ -97,17 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export folder (python -m aspdc_jax.convert) or train.py workdir / phase folder",
     )
     parser.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.jaxexport")
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="compute dtype; bfloat16 is for GPUs/TPUs (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--self_ensemble",
-        action="store_true",
-        help="geometric x8 self-ensemble: average the outputs of the 8 flips/transposes (8x the time)",
-    )
+    add_compute_flags(parser)
     parser.add_argument(
         "--platforms",
         type=_platforms,

@@ -42,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from aspdc_jax.allocator import tune_malloc
-from aspdc_jax.cli import FlagParser, returning_user_errors, show_progress
+from aspdc_jax.cli import FlagParser, add_compute_flags, returning_user_errors, show_progress
 from aspdc_jax.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
 
 __all__ = [
@@ -376,23 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="geometric",
         help="shape-bucket policy: 'geometric', 'exact' or an int multiple (default: %(default)s)",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="compute dtype; bfloat16 is for GPUs/TPUs (default: %(default)s)",
-    )
+    add_compute_flags(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="deblur every input again, replacing existing outputs (default: skip an output made "
         "from the same, unchanged input, and any existing file the output folder's manifest "
         "does not know)",
-    )
-    parser.add_argument(
-        "--self_ensemble",
-        action="store_true",
-        help="geometric x8 self-ensemble: average the outputs of the 8 flips/transposes (8x the time)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(

@@ -58,6 +58,7 @@ __all__ = [
     "Deblurred",
     "Deblurrer",
     "bucket_size",
+    "deblurred_of",
     "geometric_ensemble",
     "load",
     "pad_to",
@@ -188,7 +189,9 @@ def _overlaps(starts: list[int], tile: int) -> list[tuple[int, int]]:
     return out
 
 
-def _deblurred_of(out: Any) -> jax.Array:
+def deblurred_of(out: Any) -> jax.Array:
+    """The deblurred image of a module's output: ``.deblurred``, a tuple's first item, or
+    the bare array (what `Deblurrer` and `make_deblur_fn` accept from a module)."""
     if hasattr(out, "deblurred"):
         return out.deblurred
     if isinstance(out, (tuple, list)):
@@ -304,7 +307,7 @@ class Deblurrer:
             x = to_model(x_u8, compute_dtype)
 
             def run(z: jax.Array) -> jax.Array:
-                return _deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
+                return deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
 
             y = geometric_ensemble(run, x) if self.self_ensemble else run(x)
             return jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)  # unrounded [0, 255]

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from aspdc_jax.images import to_model
-from aspdc_jax.inference.deblurrer import geometric_ensemble
+from aspdc_jax.inference.deblurrer import deblurred_of, geometric_ensemble
 from aspdc_jax.models.config import compute_dtype
 
 __all__ = ["DeblurFn", "make_deblur_fn", "reflect_pad"]
@@ -63,16 +63,6 @@ def reflect_pad(images: jax.Array, multiple: int = 4) -> jax.Array:
             continue
         images = jnp.take(images, _reflect_index(target, size), axis=axis, mode="clip")
     return images
-
-
-def _deblurred(out: Any) -> jax.Array:
-    """The deblurred image of a module's output (``.deblurred``, a tuple's first item, or
-    the bare array), as :class:`aspdc_jax.inference.Deblurrer` reads it."""
-    if hasattr(out, "deblurred"):
-        return out.deblurred
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
 
 
 def _module_of(models: Any) -> Any:
@@ -141,7 +131,7 @@ def make_deblur_fn(
         x = to_model(reflect_pad(images_u8, multiple), compute)
 
         def run(z: jax.Array) -> jax.Array:
-            return _deblurred(module.apply({"params": params}, z)).astype(jnp.float32)
+            return deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
 
         y = geometric_ensemble(run, x) if ensemble else run(x)
         y = jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)[:, :height, :width]
