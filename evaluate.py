@@ -22,10 +22,14 @@ scoring: --align. Images are scored at their native size (reflect-padded to a mu
 
 from __future__ import annotations
 
+from aspdc_jax.allocator import tune_malloc
+
+if __name__ == "__main__":  # before the heavy imports: this may re-execute the process with
+    tune_malloc(reexec=True)  # tcmalloc, else tunes glibc malloc (see aspdc_jax/allocator.py)
+
 from absl import app, flags, logging
 
 from aspdc_jax import cli, inference
-from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.evaluation import protocol as evaluation
 from aspdc_jax.weights import CheckpointError
 
@@ -106,7 +110,6 @@ flags.DEFINE_bool(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    tune_malloc()  # glibc malloc kept from unmapping XLA's buffers (see aspdc_jax/allocator.py)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # JAX's backend probing and Orbax log at INFO
     if FLAGS.low_memory_schedule:

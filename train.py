@@ -10,13 +10,17 @@ SIGTERM) finishes the current step, saves a checkpoint and exits; rerun to resum
 
 from __future__ import annotations
 
+from aspdc_jax.allocator import tune_malloc
+
+if __name__ == "__main__":  # before the heavy imports: this may re-execute the process with
+    tune_malloc(reexec=True)  # tcmalloc, else tunes glibc malloc (see aspdc_jax/allocator.py)
+
 import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides, reporting_user_errors
 from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
 from aspdc_jax.training.sharding import (
@@ -41,7 +45,6 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    tune_malloc()  # glibc malloc kept from unmapping XLA's buffers (see aspdc_jax/allocator.py)
     # Before any JAX computation: joins the other hosts when a multi-host env is set.
     with reporting_user_errors(traceback=FLAGS.verbosity > 0):  # e.g. a bad ASPDC_*_TIMEOUT
         maybe_initialize_distributed()

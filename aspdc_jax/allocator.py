@@ -1,4 +1,4 @@
-"""glibc malloc set up for XLA on CPU, so a plain install runs as fast as one with tcmalloc.
+"""The process's malloc chosen for XLA on CPU, so a plain install runs as fast as a tuned one.
 
 XLA's CPU runtime allocates and frees buffers of tens of MB many times per step, from its
 worker threads. With glibc's defaults each worker thread gets its own malloc arena, whose
@@ -7,22 +7,26 @@ mapped and unmapped on every allocation. Each fresh mapping is paid for again in
 (zero-filled pages) and ``munmap`` calls: a deformable-convolution backward pass at
 (6, 64, 64, 128) took 4.8x the page faults of the same run under tcmalloc (1.75 M vs 0.36 M).
 
-`tune_malloc` calls glibc's ``mallopt`` so that freed memory is kept and reused instead:
+`tune_malloc` (called first thing by the entry points: ``train.py``, ``evaluate.py``, the
+deblur CLI, the benchmarks) picks, by ``ASPDC_MALLOC``:
 
-* ``M_ARENA_MAX = 1``: all threads share the main arena (XLA's CPU threads hold it briefly);
-* ``M_MMAP_MAX = 0``: large blocks come from the heap, not from a fresh ``mmap`` each time;
-* ``M_TRIM_THRESHOLD = 2 GiB - 1`` and ``M_TOP_PAD = 256 MiB``: the heap is not shrunk and
-  regrown between steps.
+* ``auto`` (the default): when tcmalloc or jemalloc is installed (found by the dynamic
+  linker, e.g. ``apt install libtcmalloc-minimal4``) and not yet loaded, an entry point
+  re-executes its process once with it in ``LD_PRELOAD`` (same arguments, same PID), so
+  ``python train.py ...`` runs as fast as with ``LD_PRELOAD`` set by hand. Otherwise, and
+  when called in-process (``reexec=False``), as ``glibc``.
+* ``glibc``: glibc's malloc tuned through ``mallopt``, so freed memory is kept and reused:
+  ``M_ARENA_MAX = 1`` (all threads share the main arena; XLA's CPU threads hold it
+  briefly), ``M_MMAP_MAX = 0`` (large blocks come from the heap, not a fresh ``mmap``
+  each time), ``M_TRIM_THRESHOLD = 2 GiB - 1`` and ``M_TOP_PAD = 256 MiB`` (the heap is
+  not shrunk and regrown between steps). The DCN run above then makes 0.36-0.51 M page
+  faults, like tcmalloc. Memory stays bounded: freed blocks are reused for the next step's
+  buffers of the same sizes, but peak RSS is higher than tcmalloc's (see the README).
+* ``system``: glibc's defaults, nothing changed.
 
-With these the same run makes as few page faults as under tcmalloc (0.36 M), and its peak
-RSS is tcmalloc's (1.55 GB vs 1.58 GB; glibc's defaults: 1.06 GB). Memory stays bounded:
-freed blocks are reused for the next step's buffers of the same sizes.
-
-The entry points (``train.py``, ``evaluate.py``, the deblur CLI, the benchmarks) call it first
-thing. It does nothing when another allocator is preloaded (``LD_PRELOAD`` naming tcmalloc,
-jemalloc or mimalloc), when the C library is not glibc, or when ``ASPDC_MALLOC=system`` is set
-(which keeps glibc's defaults). Library code never calls it: importing ``aspdc_jax`` leaves
-the process's allocator alone.
+An allocator already named in ``LD_PRELOAD`` (tcmalloc, jemalloc, mimalloc) is left alone,
+as is a C library other than glibc. Library code never calls `tune_malloc`: importing
+``aspdc_jax`` leaves the process's allocator alone.
 """
 
 from __future__ import annotations
@@ -31,14 +35,19 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 
-__all__ = ["ENV_VAR", "PRELOADED", "describe", "tune_malloc"]
+__all__ = ["ENV_VAR", "MODES", "PRELOADED", "describe", "installed_allocator", "tune_malloc"]
 
-#: ``ASPDC_MALLOC=system`` keeps glibc's default malloc settings in the entry points.
+#: ``ASPDC_MALLOC`` selects the mode: ``auto`` (default), ``glibc`` or ``system``.
 ENV_VAR = "ASPDC_MALLOC"
+MODES = ("auto", "glibc", "system")
 
 #: Allocators that, when named in ``LD_PRELOAD``, replace malloc (and make mallopt moot).
 PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
+
+#: Libraries ``auto`` preloads, best first (ctypes.util.find_library names).
+_CANDIDATES = ("tcmalloc_minimal", "tcmalloc", "jemalloc")
 
 # mallopt parameters from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -46,7 +55,7 @@ _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-#: (parameter, value) pairs `tune_malloc` sets, in order.
+#: (parameter, value) pairs the ``glibc`` mode sets, in order.
 _SETTINGS = (
     (_M_ARENA_MAX, 1),
     (_M_MMAP_MAX, 0),
@@ -62,17 +71,49 @@ def _preloaded() -> str | None:
     return next((name for name in PRELOADED if name in preload), None)
 
 
-def tune_malloc() -> str:
-    """Applies the settings in the module docstring (once per process); returns `describe`.
+def _mode() -> str:
+    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise SystemExit(f"error: {ENV_VAR}={mode!r} is not one of {', '.join(MODES)}; unset it for the default (auto)")
+    return mode
 
-    Call it before the first JAX computation (XLA's CPU threads start then); it is cheap and
-    idempotent. Never raises: where it cannot apply, it leaves malloc as it is.
+
+def installed_allocator() -> str | None:
+    """The soname of an installed tcmalloc or jemalloc that loads (``None`` if none is)."""
+    for name in _CANDIDATES:
+        soname = ctypes.util.find_library(name)
+        if soname is None:
+            continue
+        try:
+            ctypes.CDLL(soname)  # loadable here (right architecture, dependencies present)
+        except OSError:
+            continue
+        return soname
+    return None
+
+
+def tune_malloc(reexec: bool = False) -> str:
+    """Sets up malloc as the module docstring says (once per process); returns `describe`.
+
+    Call it before the first JAX computation (XLA's CPU threads start then). With
+    ``reexec=True`` (for a script's own process only, before any work worth keeping), in
+    ``auto`` mode with tcmalloc or jemalloc installed, it replaces the process: ``execve``
+    of ``sys.orig_argv`` with the library preloaded. Where it cannot apply (another C
+    library, mallopt missing) it leaves malloc as it is. An unknown ``ASPDC_MALLOC`` value
+    exits with one ``error:`` line.
     """
     global _tuned
-    if _tuned or _preloaded() or os.environ.get(ENV_VAR, "").lower() == "system":
+    mode = _mode()
+    if _tuned or _preloaded() or mode == "system" or platform.libc_ver()[0] != "glibc":
         return describe()
-    if platform.libc_ver()[0] != "glibc":
-        return describe()
+    if mode == "auto" and reexec:
+        library = installed_allocator()
+        if library is not None:
+            env = dict(os.environ)
+            env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         _tuned = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)

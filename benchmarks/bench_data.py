@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     from aspdc_jax.allocator import tune_malloc
 
-    allocator = tune_malloc()  # what train.py does
+    allocator = tune_malloc(reexec=True)  # what train.py does
     print(f"allocator: {allocator}")
     from absl import logging as absl_logging
 

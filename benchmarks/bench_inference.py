@@ -217,8 +217,9 @@ WORKERS = {
 # ----------------------------------------------------------------------------- driver
 def _allocator_env(choice: str) -> dict:
     """The workers' environment for ``--allocator``: ``tcmalloc`` preloads it; ``glibc`` is
-    what a plain install runs with (glibc malloc tuned by `aspdc_jax.allocator`);
-    ``glibc-default`` keeps glibc's defaults; ``auto`` is tcmalloc when installed, else glibc."""
+    glibc malloc tuned by `aspdc_jax.allocator` (a plain install where no tcmalloc is
+    installed); ``glibc-default`` keeps glibc's defaults; ``auto`` is tcmalloc when
+    installed, else glibc (what the entry points do by default)."""
     env = dict(os.environ)
     preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
     if choice == "auto":
@@ -228,8 +229,7 @@ def _allocator_env(choice: str) -> dict:
             raise SystemExit(f"--allocator tcmalloc: {TCMALLOC} not found (apt install libtcmalloc-minimal4)")
         preload.insert(0, TCMALLOC)
     env["LD_PRELOAD"] = ":".join(preload)
-    if choice == "glibc-default":
-        env["ASPDC_MALLOC"] = "system"
+    env["ASPDC_MALLOC"] = {"tcmalloc": "auto", "glibc": "glibc", "glibc-default": "system"}[choice]
     return env
 
 
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         from aspdc_jax.allocator import tune_malloc
 
-        allocator = tune_malloc()  # what the entry points do
+        allocator = tune_malloc(reexec=True)  # what the entry points do
         result = WORKERS[args.worker](args)
         result["allocator"] = allocator
         result["peak_rss_gib"] = _peak_rss_gib()

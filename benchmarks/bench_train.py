@@ -146,7 +146,7 @@ def main() -> None:
         help="XLA CPU scheduler (memory: aspdc_jax.inference.LOW_MEMORY_CPU_FLAG)",
     )
     args = parser.parse_args()
-    allocator = tune_malloc()  # what train.py does (ASPDC_MALLOC=system: glibc's defaults)
+    allocator = tune_malloc(reexec=True)  # what train.py does (ASPDC_MALLOC=system: glibc's defaults)
     if args.cpu_scheduler == "memory":
         use_low_memory_cpu_scheduler()
 

@@ -1,6 +1,7 @@
-"""aspdc_jax.allocator: glibc malloc keeps freed memory for reuse instead of unmapping it.
+"""aspdc_jax.allocator: tcmalloc picked up when installed; else glibc malloc kept from
+unmapping freed memory.
 
-Each case runs in a fresh interpreter (mallopt changes the whole process). The measure is
+Each case runs in a fresh interpreter (mallopt and execve change the whole process). The measure is
 the kernel's count of minor page faults while a 100 MiB buffer is allocated, filled and
 freed five times: glibc's defaults map and unmap it each time (fresh zero pages, faulted in
 again), the tuned heap reuses the pages it already has.
@@ -35,17 +36,21 @@ print(name, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc malloc only")
 
 
-def _probe(**env: str) -> tuple[str, int]:
+def _env(**env: str) -> dict[str, str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASPDC_MALLOC")}
     full_env.update(env)
+    return full_env
+
+
+def _probe(**env: str) -> tuple[str, int]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=ROOT, env=full_env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=_env(**env), capture_output=True, text=True, check=True
     ).stdout.split()
     return " ".join(out[:-1]), int(out[-1])
 
 
 def test_tuned_glibc_reuses_freed_memory_without_page_faults() -> None:
-    tuned_name, tuned_faults = _probe()
+    tuned_name, tuned_faults = _probe(ASPDC_MALLOC="glibc")
     default_name, default_faults = _probe(ASPDC_MALLOC="system")
     assert tuned_name == "glibc malloc (tuned)"
     assert default_name == "glibc malloc"
@@ -59,3 +64,59 @@ def test_tuned_glibc_reuses_freed_memory_without_page_faults() -> None:
 def test_a_preloaded_allocator_is_left_alone() -> None:
     name, _ = _probe(LD_PRELOAD=TCMALLOC)
     assert name == "tcmalloc"
+
+
+REEXEC = """
+import json, os, sys
+print("before", os.getpid(), flush=True)
+from aspdc_jax.allocator import tune_malloc
+name = tune_malloc(reexec=True)
+print(json.dumps([name, os.getpid(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:], sys.stdout.write_through]))
+"""
+
+
+def _installed() -> str | None:
+    from aspdc_jax.allocator import installed_allocator
+
+    return installed_allocator()
+
+
+@pytest.mark.skipif(_installed() is None, reason="neither tcmalloc nor jemalloc is installed")
+def test_an_entry_point_reexecutes_itself_with_an_installed_allocator() -> None:
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-u", "-c", REEXEC, "--flag=1", "two words"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    # The process ran from the start twice (once before the execve), as one PID.
+    first, second = out[0].split(), out[1].split()
+    assert first[0] == second[0] == "before" and first[1] == second[1]
+    name, pid, preload, argv, unbuffered = json.loads(out[2])
+    assert pid == int(first[1])
+    assert name in ("tcmalloc", "jemalloc") and _installed() in preload
+    assert argv == ["--flag=1", "two words"] and unbuffered is True  # arguments and interpreter flags survive
+
+
+def test_in_process_callers_and_opted_out_processes_are_not_reexecuted() -> None:
+    for env, expected in (({}, "glibc malloc (tuned)"), ({"ASPDC_MALLOC": "system"}, "glibc malloc")):
+        code = "from aspdc_jax.allocator import tune_malloc; print(tune_malloc())"
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=_env(**env), capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
+
+
+def test_an_unknown_mode_is_one_error_line() -> None:
+    code = "from aspdc_jax.allocator import tune_malloc; tune_malloc(reexec=True)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(ASPDC_MALLOC="fast"), capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: ASPDC_MALLOC='fast' is not one of auto, glibc, system; unset it for the default (auto)"
+    ]
