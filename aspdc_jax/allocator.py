@@ -36,8 +36,18 @@ import ctypes.util
 import os
 import platform
 import sys
+import time
 
-__all__ = ["ENV_VAR", "MODES", "PRELOADED", "describe", "installed_allocator", "tune_malloc"]
+__all__ = [
+    "ENV_VAR",
+    "MODES",
+    "PRELOADED",
+    "describe",
+    "heap_in_use",
+    "installed_allocator",
+    "tune_malloc",
+    "wait_for_heap_release",
+]
 
 #: ``ASPDC_MALLOC`` selects the mode: ``auto`` (default), ``glibc`` or ``system``.
 ENV_VAR = "ASPDC_MALLOC"
@@ -129,3 +139,51 @@ def describe() -> str:
     if preloaded:
         return preloaded
     return "glibc malloc (tuned)" if _tuned else "glibc malloc"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def heap_in_use() -> int | None:
+    """Bytes malloc has handed out and not had back (tcmalloc's
+    ``generic.current_allocated_bytes``, or glibc's ``mallinfo2``: main arena plus mmapped
+    blocks); ``None`` where neither can be read."""
+    process = ctypes.CDLL(None)
+    if _preloaded() == "tcmalloc":
+        value = ctypes.c_size_t()
+        getter = getattr(process, "MallocExtension_GetNumericProperty", None)
+        if getter is not None and getter(b"generic.current_allocated_bytes", ctypes.byref(value)):
+            return int(value.value)
+        return None
+    if _preloaded() or platform.libc_ver()[0] != "glibc":
+        return None
+    mallinfo2 = getattr(process, "mallinfo2", None)  # glibc >= 2.33
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def wait_for_heap_release(target: int, margin: int = 256 << 20, timeout_s: float = 2.0) -> float:
+    """Waits until `heap_in_use` is at most ``target + margin`` (or ``timeout_s`` passed);
+    returns the seconds waited.
+
+    XLA:CPU frees a computation's temporaries on its worker thread just after the outputs
+    are ready. A step dispatched in that window gets fresh memory for its own temporaries:
+    peak RSS doubles (7.2 -> 13.4 GiB at 6x256x256, in 5 of 5 runs of 5 steps, under
+    tcmalloc and tuned glibc alike) and that step runs 2x slower, page-faulting it in. The
+    training loop on a CPU therefore waits, after each step, for the heap to fall back to
+    what it was before the step (``target``).
+    """
+    start = time.perf_counter()
+    while True:
+        in_use = heap_in_use()
+        waited = time.perf_counter() - start
+        if in_use is None or in_use <= target + margin or waited >= timeout_s:
+            return waited
+        time.sleep(0.001)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_inference import _peak_rss_gib
 
-from aspdc_jax.allocator import tune_malloc
+from aspdc_jax.allocator import heap_in_use, tune_malloc, wait_for_heap_release
 from aspdc_jax.cli import FlagParser
 from aspdc_jax.inference import use_low_memory_cpu_scheduler
 from aspdc_jax.models import model_defaults
@@ -60,6 +60,14 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def _temp_gib(compiled) -> float:
+    """XLA's buffer assignment for the step's temporaries (GiB): what the step itself needs."""
+    try:
+        return compiled.memory_analysis().temp_size_in_bytes / 2**30
+    except (AttributeError, NotImplementedError):
+        return 0.0
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
@@ -73,14 +81,30 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _rss_gib() -> float:
+    """Resident set size now (GiB), from /proc/self/statm (0 where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 def time_step(step, state, batch, extra, steps: int) -> tuple[float, object, list[float]]:
-    state, m = step(state, batch, *extra)  # warm-up (after compile)
-    jax.block_until_ready(m)
+    def run_step(state):
+        # As the training loop on a CPU: wait for the step's temporaries to be freed too.
+        before = heap_in_use()
+        state, m = step(state, batch, *extra)
+        jax.block_until_ready((state, m))
+        if before is not None:
+            wait_for_heap_release(before)
+        return state, m
+
+    state, m = run_step(state)  # warm-up (after compile)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, m = step(state, batch, *extra)
-        jax.block_until_ready(m)
+        state, m = run_step(state)
         times.append(time.perf_counter() - t)
     return float(np.median(times)), state, times
 
@@ -105,7 +129,12 @@ def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], step
     fwd = jax.jit(lambda p, b: deblur.apply({"params": p}, b).deblurred).lower(dparams, x).compile()
     forward_flops = _flops(fwd)
 
-    results: dict = {"forward_flops": forward_flops, "model_flops": 3.0 * forward_flops}
+    results: dict = {"forward_flops": forward_flops, "model_flops": 3.0 * forward_flops, "memory": []}
+
+    def mark(stage: str) -> None:  # where the peak RSS is reached, and what stays resident
+        results["memory"].append({"stage": stage, "peak_rss_gib": _peak_rss_gib(), "rss_gib": _rss_gib()})
+
+    mark("forward compiled")
     for phase in ("deblur", "finetune"):
         state = replicate(TrainState.create(jax.device_get(dparams), tx), mesh)
         step = make_train_step(
@@ -115,8 +144,16 @@ def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], step
         t = time.perf_counter()
         compiled = step.lower(state, batch, *extra).compile()
         compile_s = time.perf_counter() - t
+        mark(f"{phase} step compiled")
         step_s, state, times = time_step(step, state, batch, extra, steps)
-        results[phase] = {"step_s": step_s, "step_times": times, "compile_s": compile_s, "xla_flops": _flops(compiled)}
+        mark(f"{phase} steps run")
+        results[phase] = {
+            "step_s": step_s,
+            "step_times": times,
+            "compile_s": compile_s,
+            "xla_flops": _flops(compiled),
+            "xla_temp_gib": _temp_gib(compiled),
+        }
         del state
     return results
 
@@ -169,11 +206,14 @@ def main() -> None:
         "xla_gflop_finetune_step": results["finetune"]["xla_flops"] / 1e9,
         "deblur_step_times": results["deblur"]["step_times"],
         "finetune_step_times": results["finetune"]["step_times"],
+        "deblur_xla_temp_gib": results["deblur"]["xla_temp_gib"],
+        "finetune_xla_temp_gib": results["finetune"]["xla_temp_gib"],
         "deblur_compile_s": results["deblur"]["compile_s"],
         "finetune_compile_s": results["finetune"]["compile_s"],
         "dtype": args.dtype,
         "cpu_scheduler": args.cpu_scheduler,
         "peak_rss_gib": _peak_rss_gib(),
+        "memory_by_stage": results["memory"],
         "batch": args.batch,
         "size": args.size,
         "widths": [args.deblur_width, args.reblur_width, args.num_groups],
@@ -196,10 +236,17 @@ def main() -> None:
         ("utilization", f"{out['utilization']:.3f}", "achieved / matmul"),
         ("allocator", out["allocator"], out["backend"] + f" x{out['devices']}"),
         ("peak RSS", f"{out['peak_rss_gib']:.1f} GiB", f"XLA CPU scheduler: {args.cpu_scheduler}"),
+        (
+            "XLA temporaries",
+            f"{out['deblur_xla_temp_gib']:.1f} / {out['finetune_xla_temp_gib']:.1f} GiB",
+            "deblur / finetune step (buffer assignment)",
+        ),
     ]
     print(f"bench_train: {args.batch}x{args.size}x{args.size}, widths {out['widths']}")
     for name, value, note in rows:
         print(f"  {name:<28} {value:>16}   {note}")
+    stages = ", ".join(f"{m['stage']} {m['peak_rss_gib']:.1f}/{m['rss_gib']:.1f}" for m in results["memory"])
+    print(f"  peak/current RSS by stage (GiB): {stages}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -120,3 +120,40 @@ def test_an_unknown_mode_is_one_error_line() -> None:
     assert out.stderr.strip().splitlines() == [
         "error: ASPDC_MALLOC='fast' is not one of auto, glibc, system; unset it for the default (auto)"
     ]
+
+
+HEAP = """
+import json, threading, time
+from aspdc_jax.allocator import describe, heap_in_use, tune_malloc, wait_for_heap_release
+tune_malloc()
+base = heap_in_use()
+held = bytearray(512 << 20)
+grown = heap_in_use()
+timed_out = wait_for_heap_release(base, margin=64 << 20, timeout_s=0.2)
+def free_later():
+    global held
+    time.sleep(0.3)
+    held = None
+threading.Thread(target=free_later).start()
+released = wait_for_heap_release(base, margin=64 << 20, timeout_s=10.0)
+print(json.dumps([describe(), base, grown, timed_out, released, heap_in_use()]))
+"""
+
+
+@pytest.mark.parametrize("env", [{"ASPDC_MALLOC": "glibc"}, {"LD_PRELOAD": TCMALLOC}], ids=["tuned-glibc", "tcmalloc"])
+def test_the_heap_in_use_is_read_and_its_release_awaited(env: dict[str, str]) -> None:
+    import json
+
+    if "LD_PRELOAD" in env and not Path(TCMALLOC).exists():
+        pytest.skip("tcmalloc is not installed")
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP], cwd=ROOT, env=_env(**env), capture_output=True, text=True, check=True
+    )
+    name, base, grown, timed_out, released, after = json.loads(out.stdout)
+    assert name in ("glibc malloc (tuned)", "tcmalloc")
+    # 512 MiB held: the count grows by it; while held the wait runs to its timeout.
+    assert abs(grown - base - (512 << 20)) < (16 << 20)
+    assert 0.2 <= timed_out < 1.0
+    # Freed by another thread after 0.3 s: the wait ends then, not at its timeout.
+    assert 0.25 <= released < 5.0
+    assert after - base < (64 << 20)

@@ -30,6 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from aspdc_jax.allocator import heap_in_use, wait_for_heap_release
 from aspdc_jax.cli import show_progress
 from aspdc_jax.data import eval_pairs as data_eval_pairs
 from aspdc_jax.data import make_train_loader
@@ -557,11 +558,19 @@ def _train_steps(run: _Run, start: _Start, tx, eval_fns, writer: MetricsWriter, 
     show = show_progress(bool(config.progress_bar)) and jax.process_index() == 0
     pbar = tqdm(total=total, initial=start.step, desc=run.name, unit="step", dynamic_ncols=True) if show else None
     state, step = start.state, start.step
+    # On a CPU each step waits for XLA to hand its temporaries back to malloc before the
+    # next one is dispatched; else a step can get fresh memory and double peak RSS (see
+    # aspdc_jax.allocator.wait_for_heap_release). Accelerators keep asynchronous dispatch.
+    settle = run.mesh.devices.flat[0].platform == "cpu" and heap_in_use() is not None
     with _StopRequests(run.name) as stop:
         try:
             while step < total:
                 batch = next(iterator)
+                before = heap_in_use() if settle else None
                 state, metrics = step_fn(state, put_global_batch(batch, run.mesh), *frozen_args)
+                if before is not None:
+                    jax.block_until_ready(state)
+                    wait_for_heap_release(before)
                 step += 1
                 at_end = step == total
                 averager.add(step, metrics, boundary=step % log_every == 0 or step % ckpt_every == 0 or at_end)
