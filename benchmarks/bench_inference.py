@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         details.update({k: v for k, v in tl.items() if k != "peak_rss_gib"})
     results["details"] = details
 
-    bars = {"utilization": (">=", 0.60), "peak_rss_gib_720p": ("<=", 2.1), "peak_rss_gib_tiled_12mp": ("<=", 4.0)}
+    bars = {"utilization": (">=", 0.75), "peak_rss_gib_720p": ("<=", 1.6), "peak_rss_gib_tiled_12mp": ("<=", 4.0)}
     print(
         f"device {info['device']}, {info['cpu_count']} cores, allocator: {allocator}, "
         f"XLA CPU scheduler: {args.cpu_scheduler}, dtype {args.dtype}"

@@ -48,6 +48,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from aspdc_jax.allocator import heap_in_use, wait_for_heap_release
 from aspdc_jax.cli import show_progress
 from aspdc_jax.images import LoadedImage, read_image, to_model
 from aspdc_jax.models.config import compute_dtype as dtype_named
@@ -313,6 +314,9 @@ class Deblurrer:
             return jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)  # unrounded [0, 255]
 
         self._forward = jax.jit(forward, in_shardings=(replicated, split), out_shardings=split)
+        # On a CPU, wait for XLA to free each call's temporaries before the next call (see
+        # aspdc_jax.allocator.wait_for_heap_release); else a call may get fresh memory.
+        self._settle = self.mesh.devices.flat[0].platform == "cpu" and heap_in_use() is not None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -360,7 +364,11 @@ class Deblurrer:
         fill = -n % self.num_devices
         if fill:
             batch = np.concatenate([batch, np.repeat(batch[-1:], fill, axis=0)])
-        return np.asarray(self._forward(self.params, batch))[:n]
+        before = heap_in_use() if self._settle else None
+        out = np.asarray(self._forward(self.params, batch))[:n]
+        if before is not None:
+            wait_for_heap_release(before + out.nbytes)
+        return out
 
     def _batch_sizes(self, n: int) -> Iterable[int]:
         """Splits n items into chunks of at most batch_size: power-of-two sizes on one
