@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).parent
 
 SCRIPT = textwrap.dedent(
@@ -42,6 +44,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_eight_fake_devices_match_one_device(tmp_path):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -88,6 +91,7 @@ def _topology_run(tmp_path: Path, mode: str, workdir: Path, devices: int, phases
     return proc.stdout
 
 
+@pytest.mark.slow  # CI time: the default tier keeps under 15 min on 2 cores
 def test_checkpoints_load_on_any_device_count(tmp_path):
     """Written with 2 devices, read with 1 (this process); written with 1, fine-tuned (the
     hand-off) and read with 2."""
