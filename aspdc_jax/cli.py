@@ -11,6 +11,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
+from aspdc_jax.errors import USER_ERRORS
+from aspdc_jax.progress import show_progress
+
 __all__ = [
     "USER_ERRORS",
     "FlagParser",
@@ -21,11 +24,6 @@ __all__ = [
     "returning_user_errors",
     "show_progress",
 ]
-
-# Raised for bad input (a missing folder or checkpoint, a wrong config value, an image
-# smaller than the crop, an output folder that is a file, ...), with a message that says
-# what to change.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
 @contextlib.contextmanager
@@ -68,12 +66,6 @@ def add_compute_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="geometric x8 self-ensemble: average the outputs of the 8 flips/transposes (8x the time)",
     )
-
-
-def show_progress(requested: bool = True) -> bool:
-    """Whether to draw a progress bar: when asked for and stderr is a terminal, so logs of
-    batch jobs (SLURM, nohup, CI) get no thousands of carriage returns."""
-    return bool(requested) and sys.stderr.isatty()
 
 
 def print_user_error(err: BaseException | str) -> None:

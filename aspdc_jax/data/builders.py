@@ -41,8 +41,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from aspdc_jax.cli import show_progress
 from aspdc_jax.data import imageio, layouts, synthetic
+from aspdc_jax.progress import show_progress
 
 __all__ = [
     "GoPro",
@@ -61,7 +61,7 @@ _VERSION = tfds.core.Version("1.0.0")
 
 
 def _quiet_tfds_unless_terminal() -> None:
-    """TFDS's preparation bars only on a terminal (see `aspdc_jax.cli.show_progress`)."""
+    """TFDS's preparation bars only on a terminal (see `aspdc_jax.progress.show_progress`)."""
     if not show_progress():
         tfds.disable_progress_bar()
 

@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.cli import show_progress
 from aspdc_jax.evaluation import figures, metrics
 from aspdc_jax.images import to_model, to_unit
 from aspdc_jax.inference import Bucket, Deblurrer, bucket_size, pad_to
+from aspdc_jax.progress import show_progress
 
 __all__ = ["DATASETS", "EvalConfig", "PAPER_RESULTS", "evaluate", "format_table", "measure_timing"]
 

@@ -49,9 +49,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from aspdc_jax.allocator import heap_in_use, wait_for_heap_release
-from aspdc_jax.cli import show_progress
 from aspdc_jax.images import LoadedImage, read_image, to_model
 from aspdc_jax.models.config import compute_dtype as dtype_named
+from aspdc_jax.progress import show_progress
 from aspdc_jax.weights import load_for_inference
 
 __all__ = [

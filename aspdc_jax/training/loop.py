@@ -31,13 +31,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from aspdc_jax.allocator import heap_in_use, wait_for_heap_release
-from aspdc_jax.cli import show_progress
 from aspdc_jax.data import eval_pairs as data_eval_pairs
 from aspdc_jax.data import make_train_loader
 from aspdc_jax.data.settings import DataSettings
 from aspdc_jax.images import to_model
 from aspdc_jax.models import model_config_dict, model_from_config
 from aspdc_jax.models.config import compute_dtype
+from aspdc_jax.progress import show_progress
 from aspdc_jax.training import checkpoints as ckpt_lib
 from aspdc_jax.training.losses import get_loss
 from aspdc_jax.training.phases import PHASES, Phase, get_phase
