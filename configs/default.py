@@ -115,6 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
     # part of the training data (see aspdc_jax.data.eval_pairs); "test" only if you mean it.
     config.val_split = "val"
     config.progress_bar = True
+    # Stop a phase cleanly after this many seconds of training (0 = no limit): a final
+    # checkpoint, the after-phase evaluation and the hand-off run as at the phase's end,
+    # and the next phase starts from there. For time-boxed runs (a lent GPU, a CI smoke).
+    config.max_train_seconds = 0.0
     return config
 
 
