@@ -13,7 +13,7 @@ from __future__ import annotations
 from aspdc_jax.allocator import tune_malloc
 
 if __name__ == "__main__":  # before the heavy imports: this may re-execute the process with
-    tune_malloc(reexec=True)  # tcmalloc, else tunes glibc malloc (see aspdc_jax/allocator.py)
+    tune_malloc(reexec=True)  # tcmalloc, jemalloc or mimalloc preloaded (see aspdc_jax/allocator.py)
 
 import sys
 from pathlib import Path
@@ -23,11 +23,8 @@ from ml_collections import config_flags
 
 from aspdc_jax.cli import parse_absl_flags, reporting_bad_overrides, reporting_user_errors
 from aspdc_jax.training import NonFiniteLossError, TrainingInterrupted, train_and_evaluate
-from aspdc_jax.training.sharding import (
-    ending_promptly_on_failure,
-    maybe_initialize_distributed,
-    reporting_runtime_errors,
-)
+from aspdc_jax.training.failures import ending_promptly_on_failure, reporting_runtime_errors
+from aspdc_jax.training.sharding import maybe_initialize_distributed
 from aspdc_jax.weights import CheckpointError
 
 FLAGS = flags.FLAGS

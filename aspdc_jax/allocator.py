@@ -1,30 +1,36 @@
-"""The process's malloc chosen for XLA on CPU, so a plain install runs as fast as a tuned one.
+"""The process's malloc chosen for XLA on CPU, so a plain ``pip install`` runs at full speed.
 
 XLA's CPU runtime allocates and frees buffers of tens of MB many times per step, from its
-worker threads. With glibc's defaults each worker thread gets its own malloc arena, whose
-64 MB heaps are unmapped as soon as they are empty, and blocks above the mmap threshold are
-mapped and unmapped on every allocation. Each fresh mapping is paid for again in page faults
-(zero-filled pages) and ``munmap`` calls: a deformable-convolution backward pass at
-(6, 64, 64, 128) took 4.8x the page faults of the same run under tcmalloc (1.75 M vs 0.36 M).
+worker threads. glibc's malloc maps and unmaps blocks above its mmap threshold on every
+allocation and trims its heaps as soon as they empty, so each step pays again in page
+faults (zero-filled pages) and ``munmap`` calls: a deformable-convolution backward pass at
+(6, 64, 64, 128) made 4.8x the page faults of the same run under tcmalloc (1.75 M vs
+0.36 M). tcmalloc, jemalloc and mimalloc keep freed memory and hand it out again.
 
 `tune_malloc` (called first thing by the entry points: ``train.py``, ``evaluate.py``, the
-deblur CLI, the benchmarks) picks, by ``ASPDC_MALLOC``:
+deblur CLI, the app, the benchmarks) picks, by ``ASPDC_MALLOC``:
 
-* ``auto`` (the default): when tcmalloc or jemalloc is installed (found by the dynamic
-  linker, e.g. ``apt install libtcmalloc-minimal4``) and not yet loaded, an entry point
-  re-executes its process once with it in ``LD_PRELOAD`` (same arguments, same PID), so
-  ``python train.py ...`` runs as fast as with ``LD_PRELOAD`` set by hand. Otherwise, and
-  when called in-process (``reexec=False``), as ``glibc``.
-* ``glibc``: glibc's malloc tuned through ``mallopt``, so freed memory is kept and reused:
-  ``M_ARENA_MAX = 1`` (all threads share the main arena; XLA's CPU threads hold it
-  briefly), ``M_MMAP_MAX = 0`` (large blocks come from the heap, not a fresh ``mmap``
-  each time), ``M_TRIM_THRESHOLD = 2 GiB - 1`` and ``M_TOP_PAD = 256 MiB`` (the heap is
-  not shrunk and regrown between steps). The DCN run above then makes 0.36-0.51 M page
-  faults, like tcmalloc. Memory stays bounded: freed blocks are reused for the next step's
-  buffers of the same sizes, but peak RSS is higher than tcmalloc's (see the README).
+* ``auto`` (the default): the best allocator present, preloaded by re-executing the
+  process once with it in ``LD_PRELOAD`` (same PID, arguments and interpreter flags): a
+  system tcmalloc, else a system jemalloc (both found by the dynamic linker, e.g. after
+  ``apt install libtcmalloc-minimal4``), else the mimalloc that the ``cmeel-mimalloc``
+  wheel installs with the package (a dependency on Linux x86_64 and aarch64), else glibc's
+  malloc as ``glibc`` tunes it. In-process callers (``reexec=False``) get the latter.
+* ``tcmalloc``, ``jemalloc``, ``mimalloc``: that one, or one ``error:`` line if it is not
+  installed.
+* ``glibc``: glibc's malloc with `GLIBC_SETTINGS` (see there why only those).
 * ``system``: glibc's defaults, nothing changed.
 
-An allocator already named in ``LD_PRELOAD`` (tcmalloc, jemalloc, mimalloc) is left alone,
+Measured on the 2-core reference machine (the quickstart deblur phase, 96 steps, median
+wall time of whole-process runs with ``benchmarks/bench_allocators.py``, relative to
+tcmalloc; 2026-12-05): mimalloc 1.02-1.06, glibc with `GLIBC_SETTINGS` 1.13, glibc's
+defaults 1.47, and the earlier tuning (one arena as well) 1.54: a single arena serialises XLA's
+worker threads on one lock. ``docs/benchmarks.md`` has the 256-step table.
+
+Preloading happens only where it can: for a script's own process (``reexec=True``), before
+any work worth keeping. In-process callers (``reexec=False``: a notebook, a test,
+`aspdc_jax.inference.cli.main` called from Python) never re-execute. An allocator already
+named in ``LD_PRELOAD`` is left alone (an explicit mode naming another one is an error),
 as is a C library other than glibc. Library code never calls `tune_malloc`: importing
 ``aspdc_jax`` leaves the process's allocator alone.
 """
@@ -33,41 +39,67 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 __all__ = [
     "ENV_VAR",
+    "GLIBC_SETTINGS",
+    "MIMALLOC_OPTIONS",
     "MODES",
     "PRELOADED",
     "describe",
+    "find_library",
     "heap_in_use",
     "installed_allocator",
     "tune_malloc",
     "wait_for_heap_release",
 ]
 
-#: ``ASPDC_MALLOC`` selects the mode: ``auto`` (default), ``glibc`` or ``system``.
+#: ``ASPDC_MALLOC`` selects the mode; see the module docstring.
 ENV_VAR = "ASPDC_MALLOC"
-MODES = ("auto", "glibc", "system")
-
-#: Allocators that, when named in ``LD_PRELOAD``, replace malloc (and make mallopt moot).
+#: Allocators that, when named in ``LD_PRELOAD``, replace malloc; ``auto`` tries them in
+#: this order.
 PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
+MODES = ("auto", *PRELOADED, "glibc", "system")
 
-#: Libraries ``auto`` preloads, best first (ctypes.util.find_library names).
-_CANDIDATES = ("tcmalloc_minimal", "tcmalloc", "jemalloc")
+#: ctypes.util.find_library names of the system libraries, best first.
+_SYSTEM_NAMES = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",), "mimalloc": ("mimalloc",)}
+_INSTALL_HINTS = {
+    "tcmalloc": "apt install libtcmalloc-minimal4",
+    "jemalloc": "apt install libjemalloc2",
+    "mimalloc": "pip install cmeel-mimalloc",
+}
+#: Where the ``cmeel-mimalloc`` wheel puts the shared library, inside site-packages.
+_MIMALLOC_WHEEL = ("cmeel-mimalloc", "cmeel.prefix/lib/libmimalloc.so.3", "cmeel.prefix/lib/libmimalloc.so")
+
+#: mimalloc options set (as ``MIMALLOC_*`` environment variables, unless already set) when
+#: this module preloads mimalloc. Chosen by paired runs of the quickstart deblur phase (see
+#: the README's benchmark section): the lowest peak RSS at tcmalloc's speed.
+#: Its defaults keep freed memory for a second (``purge_delay`` 1000 ms in mimalloc 3): any
+#: shorter delay (0, 2, 5, 25, 100 or 250 ms) lowered peak RSS to tcmalloc's but cost
+#: 1.19-1.27x the wall time. Turning off transparent huge pages cost nothing measurable
+#: (1.02-1.03x tcmalloc's time) and lowered peak RSS from 1.59-1.68 to 1.52-1.53 GiB.
+MIMALLOC_OPTIONS: dict[str, str] = {"MIMALLOC_ALLOW_THP": "0"}
 
 # mallopt parameters from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
-#: (parameter, value) pairs the ``glibc`` mode sets, in order.
-_SETTINGS = (
-    (_M_ARENA_MAX, 1),
+#: (parameter, value) pairs the ``glibc`` mode sets (and ``auto`` where no allocator is
+#: installed), in order: large blocks come from the heap, not a fresh ``mmap`` each time,
+#: and the heap is not shrunk and regrown between steps. Paired runs of the quickstart
+#: deblur phase (96 steps, 2 rounds, wall time against glibc's defaults): these three
+#: 0.77x; with ``M_ARENA_MAX = 1`` added (earlier versions) 1.05x; ``M_ARENA_MAX = 1``
+#: alone 1.20x. So the arena limit is gone: one arena serialises XLA's worker threads.
+GLIBC_SETTINGS: tuple[tuple[int, int], ...] = (
     (_M_MMAP_MAX, 0),
     (_M_TRIM_THRESHOLD, 2**31 - 1),
     (_M_TOP_PAD, 256 << 20),
@@ -88,47 +120,93 @@ def _mode() -> str:
     return mode
 
 
-def installed_allocator() -> str | None:
-    """The soname of an installed tcmalloc or jemalloc that loads (``None`` if none is)."""
-    for name in _CANDIDATES:
-        soname = ctypes.util.find_library(name)
-        if soname is None:
-            continue
-        try:
-            ctypes.CDLL(soname)  # loadable here (right architecture, dependencies present)
-        except OSError:
-            continue
-        return soname
+def _loads(path: str) -> bool:
+    try:
+        ctypes.CDLL(path)  # loadable here (right architecture, dependencies present)
+    except OSError:
+        return False
+    return True
+
+
+def _wheel_mimalloc() -> str | None:
+    name, *files = _MIMALLOC_WHEEL
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for relative in files:
+        path = Path(str(dist.locate_file(relative)))
+        if path.is_file():
+            return str(path)
     return None
+
+
+def find_library(name: str) -> str | None:
+    """The path or soname of allocator ``name`` (one of `PRELOADED`) that loads here, or
+    ``None``: the system library the dynamic linker finds, and for mimalloc also the one
+    the ``cmeel-mimalloc`` wheel installed."""
+    candidates = [ctypes.util.find_library(n) for n in _SYSTEM_NAMES[name]]
+    if name == "mimalloc":
+        candidates.insert(0, _wheel_mimalloc())
+    return next((c for c in candidates if c is not None and _loads(c)), None)
+
+
+def installed_allocator() -> tuple[str, str] | None:
+    """``(name, library)`` of the allocator ``auto`` preloads: the first of `PRELOADED`
+    that `find_library` finds; ``None`` if none is present."""
+    for name in PRELOADED:
+        library = find_library(name)
+        if library is not None:
+            return name, library
+    return None
+
+
+def _reexec_with(name: str, library: str) -> None:
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+    if name == "mimalloc":
+        for key, value in MIMALLOC_OPTIONS.items():
+            env.setdefault(key, value)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def tune_malloc(reexec: bool = False) -> str:
     """Sets up malloc as the module docstring says (once per process); returns `describe`.
 
     Call it before the first JAX computation (XLA's CPU threads start then). With
-    ``reexec=True`` (for a script's own process only, before any work worth keeping), in
-    ``auto`` mode with tcmalloc or jemalloc installed, it replaces the process: ``execve``
-    of ``sys.orig_argv`` with the library preloaded. Where it cannot apply (another C
-    library, mallopt missing) it leaves malloc as it is. An unknown ``ASPDC_MALLOC`` value
-    exits with one ``error:`` line.
+    ``reexec=True`` (for a script's own process only, before any work worth keeping) it
+    may replace the process: ``execve`` of ``sys.orig_argv`` with the chosen library
+    preloaded. An unknown ``ASPDC_MALLOC`` value, or an explicit allocator that is not
+    installed (or conflicts with one already in ``LD_PRELOAD``), exits with one ``error:``
+    line.
     """
     global _tuned
     mode = _mode()
-    if _tuned or _preloaded() or mode == "system" or platform.libc_ver()[0] != "glibc":
+    preloaded = _preloaded()
+    if mode in PRELOADED and preloaded not in (None, mode):
+        raise SystemExit(f"error: {ENV_VAR}={mode} but LD_PRELOAD already has {preloaded}; unset one of them")
+    if _tuned or preloaded or mode == "system" or platform.libc_ver()[0] != "glibc":
+        return describe()
+    if mode in PRELOADED:
+        library = find_library(mode)
+        if library is None:
+            hint = _INSTALL_HINTS[mode]
+            raise SystemExit(f"error: {ENV_VAR}={mode} but {mode} is not installed ({hint}); or unset {ENV_VAR}")
+        if reexec:
+            _reexec_with(mode, library)
         return describe()
     if mode == "auto" and reexec:
-        library = installed_allocator()
-        if library is not None:
-            env = dict(os.environ)
-            env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _tuned = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
-    except (OSError, AttributeError):
-        _tuned = False
+        found = installed_allocator()
+        if found is not None:
+            _reexec_with(*found)
+    if mode in ("auto", "glibc") and GLIBC_SETTINGS:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _tuned = all(libc.mallopt(param, value) == 1 for param, value in GLIBC_SETTINGS)
+        except (OSError, AttributeError):
+            _tuned = False
     return describe()
 
 
@@ -150,8 +228,18 @@ class _MallInfo2(ctypes.Structure):
 
 def heap_in_use() -> int | None:
     """Bytes malloc has handed out and not had back (tcmalloc's
-    ``generic.current_allocated_bytes``, or glibc's ``mallinfo2``: main arena plus mmapped
-    blocks); ``None`` where neither can be read."""
+    ``generic.current_allocated_bytes``, or glibc's ``mallinfo2``: the main arena plus
+    mmapped blocks, not the other threads' arenas); ``None`` where it cannot be read.
+
+    jemalloc and mimalloc give ``None``, so the wait below returns at once. mimalloc's
+    release build counts allocations but not frees in its statistics (``malloc_huge``
+    only grows; ``committed`` stays up until a purge), so it cannot say when XLA has
+    handed a step's temporaries back. Measured without the wait (quickstart deblur
+    phase, 96 steps): mimalloc ran at 1.02-1.03x tcmalloc's time with peak RSS 1.52
+    against 1.14 GiB, and the difference is memory it keeps for reuse, not doubled
+    temporaries: with ``MIMALLOC_PURGE_DELAY=0`` (freed memory returned at once) its peak
+    was 1.12 GiB, tcmalloc's.
+    """
     process = ctypes.CDLL(None)
     if _preloaded() == "tcmalloc":
         value = ctypes.c_size_t()
@@ -171,15 +259,15 @@ def heap_in_use() -> int | None:
 
 def wait_for_heap_release(target: int, margin: int = 256 << 20, timeout_s: float = 2.0) -> float:
     """Waits until `heap_in_use` is at most ``target + margin`` (or ``timeout_s`` passed);
-    returns the seconds waited.
+    returns the seconds waited (0 at once where `heap_in_use` is ``None``).
 
     XLA:CPU frees a computation's temporaries on its worker thread just after the outputs
     are ready. A step dispatched in that window gets fresh memory for its own temporaries:
-    peak RSS doubles (7.2 -> 13.4 GiB at 6x256x256, in 5 of 5 runs of 5 steps, under
-    tcmalloc and tuned glibc alike) and that step runs 2x slower, page-faulting it in. The
+    peak RSS doubled (7.2 -> 13.4 GiB at 6x256x256, in 5 of 5 runs of 5 steps, under
+    tcmalloc and tuned glibc alike) and that step ran 2x slower, page-faulting it in. The
     training loop on a CPU therefore waits, after each step, for the heap to fall back to
     what it was before the step (``target``). With tcmalloc that ended the doubling (10
-    of 10 steps at 7.25 GiB); tuned glibc can still grow by fragmentation.
+    of 10 steps at 7.25 GiB).
     """
     start = time.perf_counter()
     while True:

@@ -20,8 +20,8 @@ Measurements, each in a fresh subprocess so its peak RSS is its own:
 of ``--batch_sizes`` (default 1..8) at ``--size`` (default 1280x720): on a CPU over N fake
 devices sharing its cores (correct, not fast), on a GPU or TPU host over real ones. Parameters are random
 (``--ckpt`` loads real ones instead); the speed does not depend on their values.
-The allocator is chosen with ``--allocator`` (by default tcmalloc is preloaded into the
-subprocesses when installed, else glibc malloc as `aspdc_jax.allocator` tunes it) and reported.
+The allocator is chosen with ``--allocator`` (an ``ASPDC_MALLOC`` mode; by default the
+subprocesses preload the best one installed, see `aspdc_jax.allocator`) and reported.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 HERE = Path(__file__).resolve()
 
 
@@ -216,20 +215,11 @@ WORKERS = {
 
 # ----------------------------------------------------------------------------- driver
 def _allocator_env(choice: str) -> dict:
-    """The workers' environment for ``--allocator``: ``tcmalloc`` preloads it; ``glibc`` is
-    glibc malloc tuned by `aspdc_jax.allocator` (a plain install where no tcmalloc is
-    installed); ``glibc-default`` keeps glibc's defaults; ``auto`` is tcmalloc when
-    installed, else glibc (what the entry points do by default)."""
+    """The workers' environment for ``--allocator``: ``ASPDC_MALLOC=<choice>``, which each
+    worker applies with `aspdc_jax.allocator.tune_malloc` (re-executing itself with the
+    library preloaded), as the entry points do. An allocator preloaded by hand is kept."""
     env = dict(os.environ)
-    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
-    if choice == "auto":
-        choice = "tcmalloc" if Path(TCMALLOC).exists() else "glibc"
-    if choice == "tcmalloc":
-        if not Path(TCMALLOC).exists():
-            raise SystemExit(f"--allocator tcmalloc: {TCMALLOC} not found (apt install libtcmalloc-minimal4)")
-        preload.insert(0, TCMALLOC)
-    env["LD_PRELOAD"] = ":".join(preload)
-    env["ASPDC_MALLOC"] = {"tcmalloc": "auto", "glibc": "glibc", "glibc-default": "system"}[choice]
+    env["ASPDC_MALLOC"] = choice
     return env
 
 
@@ -285,10 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", help="export / workdir to load (default: random full-width params)")
     parser.add_argument(
         "--allocator",
-        choices=("auto", "tcmalloc", "glibc", "glibc-default"),
+        choices=("auto", "tcmalloc", "jemalloc", "mimalloc", "glibc", "system"),
         default="auto",
-        help="tcmalloc (preloaded); glibc: what a plain install runs (tuned by aspdc_jax.allocator); "
-        "glibc-default: ASPDC_MALLOC=system; auto: tcmalloc when installed, else glibc",
+        help="the ASPDC_MALLOC mode of the workers (see aspdc_jax/allocator.py); auto: the best installed",
     )
     parser.add_argument(
         "--cpu_scheduler",
