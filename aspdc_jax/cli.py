@@ -1,13 +1,19 @@
 """What the command-line entry points share: bad input ends in one line, not a traceback,
-and multi-word flags are spelled alike (``--crop_size``, as absl writes them; ``--crop-size``
-is accepted too)."""
+multi-word flags are spelled alike (``--crop_size``, as absl writes them; ``--crop-size``
+is accepted too), and a dataclass of options makes its own absl flags (`define_flags`).
+
+Only the entry points import this module; the library raises `aspdc_jax.errors` types
+(and ValueError, OSError, ...) that the entry points turn into one ``error:`` line."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -18,6 +24,8 @@ __all__ = [
     "USER_ERRORS",
     "FlagParser",
     "add_compute_flags",
+    "config_from_flags",
+    "define_flags",
     "parse_absl_flags",
     "print_user_error",
     "reporting_user_errors",
@@ -107,6 +115,49 @@ class FlagParser(argparse.ArgumentParser):
                 token = "--" + name[2:].replace("-", "_") + eq + value
             normalised.append(token)
         return super().parse_known_args(normalised, namespace)
+
+
+def define_flags(config_type: type) -> None:
+    """One absl flag per field of the dataclass ``config_type`` (e.g.
+    `aspdc_jax.evaluation.protocol.EvalConfig`), so its options are stated once, there: the
+    flag has the field's name and default, ``metadata["help"]`` as its help and
+    ``metadata["choices"]`` (if any) as its allowed values; a field without a default is a
+    required flag. Types: bool, int, float, str, each optionally ``| None``; any other
+    (e.g. ``int | str``) is a string flag that the dataclass converts itself.
+    Read them back with `config_from_flags`."""
+    from absl import flags  # noqa: PLC0415 (the argparse tools need no absl)
+
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        required = field.default is dataclasses.MISSING
+        default: Any = None if required else field.default
+        help_text = field.metadata.get("help", field.name)
+        kind = _flag_kind(hints[field.name])
+        if "choices" in field.metadata:
+            flags.DEFINE_enum(field.name, default, list(field.metadata["choices"]), help_text, required=required)
+        elif kind is bool:
+            flags.DEFINE_bool(field.name, default, help_text, required=required)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, default, help_text, required=required)
+        elif kind is float:
+            flags.DEFINE_float(field.name, default, help_text, required=required)
+        else:
+            flags.DEFINE_string(field.name, default, help_text, required=required)
+
+
+def config_from_flags(config_type: type) -> Any:
+    """The ``config_type`` dataclass of the parsed flags that `define_flags` defined."""
+    from absl import flags  # noqa: PLC0415 (the argparse tools need no absl)
+
+    return config_type(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_type)})
+
+
+def _flag_kind(hint: Any) -> Any:
+    """bool, int, float or str for a field's type (``X | None`` counts as X); else str."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else str
+    return hint if hint in (bool, int, float, str) else str
 
 
 def parse_absl_flags(argv: list[str]) -> list[str]:

@@ -1,5 +1,12 @@
-"""Images: reading and writing files, and the conversions between uint8 images and the
-models' NHWC float range [-1, 1].
+"""Images: reading and writing files, the conversions between uint8 images and the
+models' NHWC float range [-1, 1], reflect-padding, and the host-side PSNR.
+
+The conversions (one of each, used by training, inference and evaluation alike):
+
+* `to_model`: uint8 [0, 255] -> model range [-1, 1] (``u8 / 127.5 - 1``);
+* `to_pixels`: model range -> float [0, 255], clipped, not rounded (``(y + 1) * 127.5``);
+* `quantize`: float [0, 255] -> uint8, rounded half to even; `to_uint8` = both;
+* `to_unit`: model range -> [0, 1], clipped; `uint8_to_unit`: uint8 -> [0, 1] (the metrics').
 
 `read_image` is the one image reader of the package (the
 deblur CLI, the dataset builders and the synthetic photos use it). It reads any
@@ -19,7 +26,9 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,10 +37,16 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "LoadedImage",
+    "psnr_from_mse",
+    "psnr_numpy",
+    "quantize",
     "read_image",
+    "reflect_pad",
     "to_model",
+    "to_pixels",
     "to_uint8",
     "to_unit",
+    "uint8_to_unit",
     "write_image",
 ]
 
@@ -39,19 +54,87 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 
 
-def to_model(images: np.ndarray | jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-    """uint8 images (..., H, W, 3) in [0, 255] -> float in [-1, 1] (``u8 / 127.5 - 1``)."""
+def to_model(images: Any, dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 images (..., H, W, 3) in [0, 255] -> float in [-1, 1] (``u8 / 127.5 - 1``),
+    computed in ``dtype``."""
     return jnp.asarray(images).astype(dtype) / 127.5 - 1.0
 
 
-def to_unit(images: jnp.ndarray) -> jnp.ndarray:
+def to_pixels(images: jax.Array) -> jax.Array:
+    """Model-range images in [-1, 1] -> float32 in [0, 255], clipped, not rounded
+    (``clip((y + 1) * 127.5, 0, 255)``): what the deblurring forward returns."""
+    return jnp.clip((images.astype(jnp.float32) + 1.0) * 127.5, 0.0, 255.0)
+
+
+def quantize(pixels: Any) -> Any:
+    """Float images in [0, 255] -> uint8, rounded half to even; a NumPy array stays on the
+    host (NumPy in, NumPy out), a JAX array (also traced) gives a JAX array."""
+    if isinstance(pixels, np.ndarray):
+        return np.round(pixels).astype(np.uint8)
+    return jnp.round(pixels).astype(jnp.uint8)
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    """Model-range float images in [-1, 1] -> uint8: ``quantize(to_pixels(y))``."""
+    return quantize(to_pixels(images))
+
+
+def to_unit(images: jax.Array) -> jax.Array:
     """Model-range images in [-1, 1] -> [0, 1], clipped (the range the metrics use)."""
     return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
-def to_uint8(images: jnp.ndarray) -> jnp.ndarray:
-    """Model-range float images in [-1, 1] -> uint8: ``round(clip((y+1)/2, 0, 1) * 255)``."""
-    return jnp.round(to_unit(images.astype(jnp.float32)) * 255.0).astype(jnp.uint8)
+def uint8_to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 images in [0, 255] -> float32 in [0, 1] (``u8 / 255``), on the host."""
+    return np.asarray(images, np.float32) / np.float32(255.0)
+
+
+def _reflect_index(xp: Any, target: Any, size: Any) -> Any:
+    """Indices ``0..target-1`` into an axis of ``size`` that reproduce ``np.pad(mode="reflect")``
+    (mirror without repeating the edge, again and again when the pad exceeds ``size - 1``;
+    a 1-pixel side repeats). ``target`` and ``size`` may be symbolic (``jax.export``)."""
+    period = 2 * (size - 1)
+    i = xp.arange(target) % xp.maximum(period, 1)
+    return xp.where(i < size, i, period - i)
+
+
+def reflect_pad(images: Any, multiple: int = 1, *, height: int | None = None, width: int | None = None) -> Any:
+    """Reflect-pads (..., H, W, C) images at the bottom/right, as ``np.pad(mode="reflect")``
+    does (mirrored again and again when the pad exceeds the side; a 1-pixel side repeats),
+    to ``height`` x ``width`` (default: H x W), each rounded up to a multiple of ``multiple``.
+
+    Any dtype and range (the values are only copied). A NumPy array is padded on the host
+    (NumPy out); a JAX array, also traced, gives a JAX array, and its H and W may be
+    symbolic dimensions (``jax.export``).
+
+    Raises:
+      ValueError: ``height`` or ``width`` smaller than the image's.
+    """
+    xp = np if isinstance(images, np.ndarray) else jnp
+    for axis, wanted in ((images.ndim - 3, height), (images.ndim - 2, width)):
+        size = images.shape[axis]
+        if wanted is not None and wanted < size:
+            raise ValueError(f"cannot pad {images.shape[-3]}x{images.shape[-2]} down to {height}x{width}")
+        target = size if wanted is None else wanted
+        target = (target + multiple - 1) // multiple * multiple
+        if target == size:  # False when it cannot be proven for symbolic sizes: pad anyway
+            continue
+        images = xp.take(images, _reflect_index(xp, target, size), axis=axis, mode="clip")
+    return images
+
+
+def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
+    """``10 log10(peak^2 / mse)`` in dB, ``inf`` for ``mse == 0``: the host-side PSNR formula
+    (`psnr_numpy`, RealBlur's masked PSNR)."""
+    return float("inf") if mse == 0 else float(10.0 * np.log10(peak * peak / mse))
+
+
+def psnr_numpy(a: Any, b: Any, peak: float = 1.0) -> float:
+    """PSNR of two same-shape images on the host, in float64 (``peak`` 1 for [0, 1] images,
+    255 for uint8 or [0, 255] floats); ``inf`` for identical images. The jittable metrics
+    with their protocols are `aspdc_jax.evaluation.metrics`."""
+    err = float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+    return psnr_from_mse(err, peak)
 
 
 class ImageReadError(ValueError):

@@ -1,5 +1,6 @@
-"""make_deblur_fn: bit for bit the Deblurrer's output, under jit (batch sharded over 2 fake
-CPU devices, in a subprocess) and under vmap; reflect padding as np.pad."""
+"""The one forward (deblur_forward): make_deblur_fn is bit for bit the Deblurrer's output,
+under jit (batch sharded over 2 fake CPU devices, in a subprocess) and under vmap, and the
+validation during training scores the same pixels; reflect padding as np.pad."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aspdc_jax.images import quantize, reflect_pad
 from aspdc_jax.inference import Deblurrer, make_deblur_fn
-from aspdc_jax.inference.functional import reflect_pad
+from aspdc_jax.training.steps import make_eval_fns
+from aspdc_jax.training.validation import evaluate_pairs
 from aspdc_jax.weights import LoadedModels
 from tests.helpers.models import smooth_image, tiny_models
 from tests.helpers.processes import run_python
@@ -47,8 +50,32 @@ def test_reflect_pad_is_numpy_reflect() -> None:
             for m in (4, 8):
                 hp, wp = -(-h // m) * m, -(-w // m) * m
                 want = np.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), mode="reflect")
-                got = np.asarray(reflect_pad(jnp.asarray(x), m))
-                np.testing.assert_array_equal(got, want, err_msg=f"{h}x{w} to a multiple of {m}")
+                got = reflect_pad(jnp.asarray(x), m)
+                assert isinstance(got, jax.Array)
+                np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{h}x{w} to a multiple of {m}")
+                on_host = reflect_pad(x[0], height=hp, width=wp)  # (H, W, C) on the host
+                assert isinstance(on_host, np.ndarray)
+                np.testing.assert_array_equal(on_host, want[0])
+    assert reflect_pad(x, 1) is x
+    with pytest.raises(ValueError, match="cannot pad 9x6 down to 8x6"):
+        reflect_pad(x[0], height=8, width=6)
+
+
+def test_validation_scores_the_deblurrers_pixels(tiny: tuple[Any, Any], images: np.ndarray, reference: np.ndarray):
+    deblur, params = tiny
+    eval_fns = make_eval_fns(deblur, None)
+    pixels = np.asarray(eval_fns["deblur_pixels"](params, images))
+    assert pixels.dtype == np.float32 and pixels.shape == images.shape
+    np.testing.assert_array_equal(quantize(pixels), reference)
+    floats = Deblurrer(deblur, params, bucket="exact").deblur_float(images[0])
+    np.testing.assert_array_equal(floats, pixels[0] / np.float32(255.0))
+
+    class Pair:
+        blurred, sharp, meta = images[0], images[1], {}
+
+    result = evaluate_pairs("deblur", [Pair()], params=params, eval_fns=eval_fns)
+    mse = np.mean(np.square(pixels[0].astype(np.float64) - images[1]))
+    assert result["psnr_output"] == pytest.approx(10 * np.log10(255.0**2 / mse), rel=1e-12)
 
 
 def test_jit_equals_deblurrer(tiny: tuple[Any, Any], images: np.ndarray, reference: np.ndarray) -> None:
@@ -98,14 +125,15 @@ SHARDED = textwrap.dedent(
     import sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from aspdc_jax.devices import DATA_AXIS
     from aspdc_jax.inference import make_deblur_fn
     from tests.helpers.models import tiny_models
 
     assert jax.device_count() == 2, jax.devices()
     deblur, params, _, _ = tiny_models()
     images = np.load(sys.argv[1])
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
+    batch, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
     fn = jax.jit(make_deblur_fn(deblur), in_shardings=(replicated, batch), out_shardings=batch)
     out = fn(params, images)
     assert out.sharding.is_equivalent_to(batch, 4), out.sharding

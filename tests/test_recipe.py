@@ -92,7 +92,7 @@ def test_evaluate_pairs_reports_every_band():
         sharp = rng.integers(30, 220, (16, 16, 3)).astype(np.uint8)
         blurred = np.clip(sharp + rng.normal(0, noise, sharp.shape), 0, 255).astype(np.uint8)
         pairs.append(_Pair(blurred, sharp, {"band": band}))
-    identity = {"deblur": lambda params, b: b}
+    identity = {"deblur_pixels": lambda params, b: b.astype(np.float32)}
     result = evaluate_pairs("deblur", pairs, params=None, eval_fns=identity)
     assert list(result["per_band"]) == ["mild", "gopro", "strong"]
     assert [r["num_pairs"] for r in result["per_band"].values()] == [1, 2, 1]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from aspdc_jax.evaluation.metrics import psnr_from_mse
+from aspdc_jax.images import psnr_from_mse
 
 __all__ = ["ecc_homography", "realblur_scores", "warp_image"]
 

@@ -22,8 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from aspdc_jax.images import to_model
-from aspdc_jax.inference import bucket_size, pad_to
+from aspdc_jax.images import reflect_pad, to_model, uint8_to_unit
 from aspdc_jax.models.aspdc import BRANCH_DILATIONS
 
 __all__ = [
@@ -99,7 +98,7 @@ def comparison(blurred: np.ndarray, output: np.ndarray, sharp: np.ndarray | None
     def title(name: str, image: np.ndarray) -> str:
         if sharp is None or name == "sharp":
             return name
-        return f"{name}  {float(psnr(image.astype(np.float32) / 255.0, sharp.astype(np.float32) / 255.0)):.2f} dB"
+        return f"{name}  {float(psnr(uint8_to_unit(image), uint8_to_unit(sharp))):.2f} dB"
 
     gap = np.full((blurred.shape[0] + 18, 4, 3), 255, np.uint8)
     top = [x for name, im in panels for x in (_titled(im, title(name, im)), gap)][:-1]
@@ -235,8 +234,7 @@ def model_maps(module: Any, params: Any, image: np.ndarray) -> dict[str, Any]:
       quarter-resolution pixels) or None, and ``factor`` 4.
     """
     h, w = image.shape[:2]
-    hb, wb = bucket_size(h, "exact", 4), bucket_size(w, "exact", 4)
-    x = to_model(pad_to(np.asarray(image), hb, wb)[None])
+    x = to_model(reflect_pad(np.asarray(image), 4)[None])
     out = _apply_jit(module)({"params": params}, x)
     hq, wq = -(-h // 4), -(-w // 4)
     attention = np.asarray(out.attention[-1][0, :hq, :wq], np.float32)

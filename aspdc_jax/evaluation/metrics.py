@@ -22,6 +22,9 @@ Protocols:
 
 Both SSIM variants only use window positions that lie fully inside the image, which is
 exactly scikit-image's "crop the filter radius" rule, so no padding mode is involved.
+
+The host-side PSNR (`psnr_numpy`, `psnr_from_mse`) is `aspdc_jax.images`' (named here too),
+so the data and training code use it without importing evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from aspdc_jax.images import psnr_from_mse, psnr_numpy
 
 __all__ = [
     "SSIM_VARIANTS",
@@ -94,19 +99,6 @@ def crop_border(x: ArrayLike, border: int) -> jax.Array:
     if border < 0 or 2 * border >= min(x.shape[-3], x.shape[-2]):
         raise ValueError(f"crop_border {border} must be >= 0 and leave pixels of a {x.shape[-3]}x{x.shape[-2]} image")
     return x[..., border : x.shape[-3] - border, border : x.shape[-2] - border, :] if border else x
-
-
-def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
-    """``10 log10(peak^2 / mse)`` in dB, ``inf`` for ``mse == 0``: the host-side PSNR formula
-    (`psnr_numpy`, RealBlur's masked PSNR)."""
-    return float("inf") if mse == 0 else float(10.0 * np.log10(peak * peak / mse))
-
-
-def psnr_numpy(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
-    """PSNR of two same-shape images on the host, in float64 (``peak`` 1 for [0, 1] images,
-    255 for uint8); ``inf`` for identical images."""
-    err = float(np.mean(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-    return psnr_from_mse(err, peak)
 
 
 def psnr(a: ArrayLike, b: ArrayLike, *, quantize: bool = False) -> jax.Array:

@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from aspdc_jax.evaluation import figures, metrics
-from aspdc_jax.images import to_model, to_unit
-from aspdc_jax.inference import Bucket, Deblurrer, bucket_size, pad_to
+from aspdc_jax.images import quantize, reflect_pad, to_model, to_unit, uint8_to_unit
+from aspdc_jax.inference import Bucket, Deblurrer
 from aspdc_jax.progress import show_progress
 
 __all__ = ["DATASETS", "EvalConfig", "PAPER_RESULTS", "evaluate", "format_table", "measure_timing"]
@@ -67,34 +67,81 @@ DATASET_TITLES = {
 }
 
 
+def _option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """An `EvalConfig` field with its command-line help (``metadata["help"]``) and allowed
+    values (``metadata["choices"]``): ``evaluate.py`` makes one flag of each field."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class EvalConfig:
-    """What to evaluate and how (the flags of ``evaluate.py``)."""
+    """What to evaluate and how. Each field is a flag of ``evaluate.py`` (same name, default
+    and help: `aspdc_jax.cli.define_flags`); a field without a default is a required flag."""
 
-    ckpt: str
-    out: str
-    dataset: str = "gopro"
-    data_dir: str | None = None
-    tfds_dir: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    gopro_variant: str = "blur"
-    save_images: bool = False
-    reblur: bool = False
-    figures: bool = False
-    num_figures: int = 4
-    timing: bool = False
-    timing_repeats: int = 3
-    align: bool = False
-    align_iterations: int = 100
-    bucket: Bucket = "exact"
-    tile: int | None = None
-    overlap: int = 64
-    dtype: str = "float32"
-    progress: bool = True
-    compare: bool = False
-    crop_border: int = 0  # pixels dropped on each side for the Y-channel scores (BasicSR)
-    self_ensemble: bool = False  # geometric x8 (flips and transposes, averaged)
+    ckpt: str = _option(help="Export folder or train.py workdir / phase folder.")
+    out: str = _option(help="Output folder for per_image.csv, metrics.json, images, figures.")
+    dataset: str = _option("gopro", help="Dataset to score on.", choices=DATASETS)
+    data_dir: str | None = _option(
+        None,
+        help="Folder holding the dataset (e.g. the parent of GOPRO_Large, or the paired folder). "
+        "synthetic: optional folder of photos (default: the bundled photos).",
+    )
+    tfds_dir: str | None = _option(None, help="Where prepared stores go (default ~/tensorflow_datasets).")
+    split: str = _option("test", help="Dataset split.")
+    limit: int | None = _option(
+        None,
+        help="Score only the first N images (sorted names; 0: none, e.g. with --timing). Only those N are "
+        "read: their files directly, no store is prepared (synthetic: only N pairs are made).",
+    )
+    gopro_variant: str = _option("blur", help="GoPro blurred-image variant.", choices=("blur", "blur_gamma"))
+    save_images: bool = _option(False, help="Write the deblurred PNGs to OUT/images/.")
+    reblur: bool = _option(
+        False,
+        help="Also score the reblurring network (paper Table 4): ReblurNet(blurred, sharp) against the "
+        "blurred input: PSNR, SSIM, mean and variance of |I_r - I_b|. A ReblurNet-only export "
+        "(convert --reblur alone) is scored with this flag only.",
+    )
+    figures: bool = _option(
+        False,
+        help="Write OUT/figures/: the last ASPDC module's attention maps, one panel per branch (Fig. 8), "
+        "its offset fields as flow colours, and with --reblur the difference maps (Fig. 7); each "
+        "titled, with a colour bar (or wheel) and a .json of its value ranges.",
+    )
+    num_figures: int = _option(4, help="How many images get figures.")
+    timing: bool = _option(
+        False,
+        help="Paper Table 3: mean seconds per 1280x720 image after compilation and peak memory "
+        "(device memory on GPU, process RSS on CPU), with the device name.",
+    )
+    timing_repeats: int = _option(3, help="Timed forward passes after the compiling one.")
+    align: bool = _option(False, help="RealBlur protocol: ECC-align the prediction to the ground truth first.")
+    align_iterations: int = _option(100, help="ECC iterations (the RealBlur script uses 100).")
+    bucket: Bucket = _option(
+        "exact", help="Padding policy: exact (multiple of 4), geometric, or an int (digits: an int)."
+    )
+    tile: int | None = _option(None, help="Tile images with a side larger than this (bounds memory).")
+    overlap: int = _option(64, help="Tile overlap in pixels.")
+    dtype: str = _option("float32", help="Compute dtype (bfloat16: GPU/TPU).", choices=("float32", "bfloat16"))
+    progress: bool = _option(True, help="Show a progress bar.")
+    compare: bool = _option(
+        False,
+        help="Write OUT/compare/<name>.png per image: blurred | deblurred | sharp, each titled with its "
+        "PSNR, and a 2x zoom of the window where the output changed most.",
+    )
+    crop_border: int = _option(
+        0,
+        help="Pixels dropped on each side before the Y-channel scores psnr_y / ssim_y (BasicSR's crop_border).",
+    )
+    self_ensemble: bool = _option(
+        False,
+        help="Geometric x8 self-ensemble (BasicSR / MAXIM): average the outputs of the 8 flips and "
+        "transposes, in one compiled function per shape; the table labels the row x8.",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bucket, str) and self.bucket.isdigit():  # "--bucket 16"
+            self.bucket = int(self.bucket)
 
 
 def peak_memory(device: Any | None = None) -> tuple[float, str]:
@@ -116,9 +163,7 @@ def measure_timing(deblurrer: Deblurrer, *, height: int = 720, width: int = 1280
     """
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    hb = bucket_size(height, "exact", deblurrer.multiple)
-    wb = bucket_size(width, "exact", deblurrer.multiple)
-    batch = pad_to(image, hb, wb)[None]
+    batch = reflect_pad(image, deblurrer.multiple)[None]
     start = time.perf_counter()
     deblurrer.forward_padded(batch)  # compile + first run
     compile_s = time.perf_counter() - start
@@ -149,10 +194,6 @@ def _reblur_fn(module: Any):
         return to_unit(out.astype(jnp.float32))
 
     return run
-
-
-def _unit(u8: np.ndarray) -> np.ndarray:
-    return np.asarray(u8, np.float32) / np.float32(255.0)
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -438,14 +479,14 @@ def _score_deblurring(cfg: EvalConfig, pair: Any, deblurrer: Deblurrer, row: dic
     start = time.perf_counter()
     pred = deblurrer.deblur_float(pair.blurred)
     seconds = time.perf_counter() - start
-    pred_u8 = np.round(pred * 255.0).astype(np.uint8)
-    sharp, blurred = _unit(pair.sharp), _unit(pair.blurred)
+    pred_u8 = quantize(pred * 255.0)
+    sharp, blurred = uint8_to_unit(pair.sharp), uint8_to_unit(pair.blurred)
     try:
         row.update(_scores(pred, sharp))
     except ValueError as err:  # e.g. an image smaller than the SSIM window
         raise ValueError(f"{pair.name} ({h}x{w}): {err}") from err
-    row["psnr_uint8"] = float(metrics.psnr(_unit(pred_u8), sharp))
-    row.update(_y_scores(_unit(pred_u8), sharp, cfg.crop_border))
+    row["psnr_uint8"] = float(metrics.psnr(uint8_to_unit(pred_u8), sharp))
+    row.update(_y_scores(uint8_to_unit(pred_u8), sharp, cfg.crop_border))
     row.update({f"{k}_blurred": v for k, v in _scores(blurred, sharp).items()})
     if cfg.align:
         from aspdc_jax.evaluation.alignment import realblur_scores  # noqa: PLC0415
@@ -461,11 +502,9 @@ def _score_reblurring(pair: Any, loaded: Any, reblur_run: Any, row: dict[str, An
     """Adds Table 4's scores of ReblurNet(blurred, sharp) against the blurred input to
     ``row``; returns the reblurred image, float32 (H, W, 3) in [0, 1]."""
     h, w = pair.blurred.shape[:2]
-    hb, wb = bucket_size(h, "exact", 8), bucket_size(w, "exact", 8)
-    reblurred = np.asarray(
-        reblur_run(loaded.reblur_params, pad_to(pair.blurred, hb, wb)[None], pad_to(pair.sharp, hb, wb)[None])
-    )[0, :h, :w]
-    blurred = _unit(pair.blurred)
+    padded = (reflect_pad(pair.blurred, 8)[None], reflect_pad(pair.sharp, 8)[None])  # ReblurNet's multiple
+    reblurred = np.asarray(reblur_run(loaded.reblur_params, *padded))[0, :h, :w]
+    blurred = uint8_to_unit(pair.blurred)
     mean, var = metrics.mean_abs_diff_stats(reblurred, blurred)
     row["reblur_psnr"] = float(metrics.psnr(reblurred, blurred))
     row["reblur_ssim"] = float(metrics.ssim(reblurred, blurred))
@@ -561,13 +600,13 @@ def _write_figures(folder: Path, rel: Path, loaded: Any, pair: Any, reblurred: n
         _write_model_figures(folder, stem, loaded, pair)
     if reblurred is not None:
         image, info = figures.reblur_diff_figure(
-            _unit(pair.sharp),
+            uint8_to_unit(pair.sharp),
             reblurred,
-            _unit(pair.blurred),
+            uint8_to_unit(pair.blurred),
             title=f"{pair.name}: reblurring differences (Fig. 7), mean over RGB on [0, 1]",
         )
         figures.save_figure(folder / f"{stem}_reblur_diff.png", image, info)
-        figures.save_png(folder / f"{stem}_reblurred.png", np.round(reblurred * 255).astype(np.uint8))
+        figures.save_png(folder / f"{stem}_reblurred.png", quantize(reblurred * 255.0))
 
 
 def _write_model_figures(folder: Path, stem: Path, loaded: Any, pair: Any) -> None:

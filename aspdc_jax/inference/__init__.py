@@ -4,9 +4,11 @@
     deblurrer = inference.load("weights/demo")     # export or train.py workdir
     sharp = deblurrer.deblur(blurred_u8)           # uint8 HxWx3 -> uint8 HxWx3
 
-Modules: :mod:`.deblurrer` (`Deblurrer`: all local devices, buckets, padding, tiling,
-``deblur_stream``), :mod:`.functional` (`make_deblur_fn`: the forward as a pure function for
-your own ``jax.jit`` / ``jax.vmap`` / ``jax.export``) and :mod:`.cli`
+Modules: :mod:`.functional` (`deblur_forward`: the one forward, uint8 in, pixels out, that
+the `Deblurrer`, `make_deblur_fn` and the validation during training run; `make_deblur_fn`:
+it as a pure function for your own ``jax.jit`` / ``jax.vmap`` / ``jax.export``),
+:mod:`.deblurrer` (`Deblurrer`: all local devices, buckets, padding, tiling,
+``deblur_stream``) and :mod:`.cli`
 (``python -m aspdc_jax.deblur``: folders of photos in, PNGs out).
 """
 
@@ -16,13 +18,11 @@ from aspdc_jax.inference.deblurrer import (
     Deblurred,
     Deblurrer,
     bucket_size,
-    geometric_ensemble,
     load,
-    pad_to,
     tile_starts,
     use_low_memory_cpu_scheduler,
 )
-from aspdc_jax.inference.functional import make_deblur_fn
+from aspdc_jax.inference.functional import deblur_forward, geometric_ensemble, make_deblur_fn
 
 __all__ = [
     "LOW_MEMORY_CPU_FLAG",
@@ -30,10 +30,10 @@ __all__ = [
     "Deblurred",
     "Deblurrer",
     "bucket_size",
+    "deblur_forward",
     "geometric_ensemble",
     "load",
     "make_deblur_fn",
-    "pad_to",
     "tile_starts",
     "use_low_memory_cpu_scheduler",
 ]

@@ -10,7 +10,8 @@ Typical use::
 
 Shapes: inputs are reflect-padded on the host to a *bucket* shape and the output is cropped
 back, so a stream of mixed photo sizes compiles a handful of times (one XLA executable per
-bucket shape and batch size), not once per size. The jit-compiled function takes uint8 in
+bucket shape and batch size), not once per size. The jit-compiled function is the one
+forward of the package, `aspdc_jax.inference.functional.deblur_forward`: it takes uint8 in
 and returns only the deblurred image (no offsets or attention maps are kept), which keeps
 peak memory at the network's own working set.
 
@@ -43,14 +44,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from aspdc_jax.allocator import heap_in_use, wait_for_heap_release
-from aspdc_jax.images import LoadedImage, read_image, to_model
-from aspdc_jax.models.config import compute_dtype as dtype_named
+from aspdc_jax.devices import batch_sharding, make_mesh, replicated_sharding
+from aspdc_jax.images import LoadedImage, quantize, read_image, reflect_pad
+from aspdc_jax.inference.functional import deblur_forward, in_compute_dtype
 from aspdc_jax.progress import show_progress
 from aspdc_jax.weights import load_for_inference
 
@@ -59,10 +59,7 @@ __all__ = [
     "Deblurred",
     "Deblurrer",
     "bucket_size",
-    "deblurred_of",
-    "geometric_ensemble",
     "load",
-    "pad_to",
     "tile_starts",
     "use_low_memory_cpu_scheduler",
 ]
@@ -129,18 +126,6 @@ def bucket_size(n: int, bucket: Bucket = "geometric", multiple: int = 4) -> int:
     return -(-n // step) * step
 
 
-def pad_to(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Reflect-pads (..., H, W, C) at the bottom/right to (..., height, width, C)."""
-    h, w = images.shape[-3], images.shape[-2]
-    if (h, w) == (height, width):
-        return images
-    if height < h or width < w:
-        raise ValueError(f"cannot pad {h}x{w} down to {height}x{width}")
-    pads = [(0, 0)] * (images.ndim - 3) + [(0, height - h), (0, width - w), (0, 0)]
-    # numpy reflects repeatedly when the pad exceeds the side (and repeats a 1-pixel side).
-    return np.pad(images, pads, mode="reflect")
-
-
 def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` with >= ``overlap`` overlap.
 
@@ -188,40 +173,6 @@ def _overlaps(starts: list[int], tile: int) -> list[tuple[int, int]]:
         after = s + tile - starts[i + 1] if i + 1 < len(starts) else 0
         out.append((before, after))
     return out
-
-
-def deblurred_of(out: Any) -> jax.Array:
-    """The deblurred image of a module's output: ``.deblurred``, a tuple's first item, or
-    the bare array (what `Deblurrer` and `make_deblur_fn` accept from a module)."""
-    if hasattr(out, "deblurred"):
-        return out.deblurred
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
-def _flips(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (4, B, H, W, C): as is, flipped up-down, left-right, and both."""
-    return jnp.stack([x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]])
-
-
-def geometric_ensemble(run: Any, x: jax.Array) -> jax.Array:
-    """The x8 self-ensemble (BasicSR, MAXIM): ``run`` on the 8 flips and transposes of ``x``
-    (B, H, W, C), each output mapped back, averaged. The 4 flips of each orientation run
-    one after another in a ``lax.map`` (the memory of one forward), all in one program."""
-    upright = _flips_undone(jax.lax.map(run, _flips(x)))
-    transposed = _flips_undone(jax.lax.map(run, _flips(jnp.swapaxes(x, 1, 2))))
-    return (upright + jnp.swapaxes(transposed, 1, 2)) / 8.0
-
-
-def _flips_undone(y: jax.Array) -> jax.Array:
-    """The sum over the 4 outputs of `_flips`, each flipped back."""
-    return y[0] + y[1][:, ::-1] + y[2][:, :, ::-1] + y[3][:, ::-1, ::-1]
-
-
-def _quantize(image: np.ndarray) -> np.ndarray:
-    """float [0, 255] -> uint8 (round half to even, as ``aspdc_jax.images.to_uint8``)."""
-    return np.round(image).astype(np.uint8)
 
 
 def _check_image(image: Any, where: str) -> np.ndarray:
@@ -274,23 +225,16 @@ class Deblurrer:
         self_ensemble: bool = False,
         devices: Sequence[jax.Device] | None = None,
     ) -> None:
-        compute_dtype = dtype_named(dtype)
         bucket_size(64, bucket, multiple)  # validates the policy
-        self.mesh = Mesh(np.asarray(list(devices or jax.local_devices())), ("batch",))
+        self.mesh = make_mesh(devices or jax.local_devices())
         num_devices = self.mesh.size
         batch_size = num_devices if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if hasattr(module, "dtype") and hasattr(module, "clone"):
-            module = module.clone(dtype=compute_dtype)
-        if compute_dtype != jnp.float32:
-            params = jax.tree_util.tree_map(
-                lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
-                params,
-            )
+        # Cast once here, so the params are stored in the compute dtype on the devices.
+        module, params = in_compute_dtype(module, params, dtype)
         self.module = module
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        split = NamedSharding(self.mesh, PartitionSpec("batch"))
+        replicated = replicated_sharding(self.mesh)
         self.params = jax.device_put(params, replicated)
         self.bucket = bucket
         self.multiple = multiple
@@ -305,14 +249,11 @@ class Deblurrer:
 
         def forward(params: PyTree, x_u8: jax.Array) -> jax.Array:
             self._traces += 1  # runs once per traced (compiled) shape
-            x = to_model(x_u8, compute_dtype)
+            return deblur_forward(
+                module, params, x_u8, dtype=dtype, self_ensemble=self.self_ensemble, multiple=multiple
+            )
 
-            def run(z: jax.Array) -> jax.Array:
-                return deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
-
-            y = geometric_ensemble(run, x) if self.self_ensemble else run(x)
-            return jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)  # unrounded [0, 255]
-
+        split = batch_sharding(self.mesh)
         self._forward = jax.jit(forward, in_shardings=(replicated, split), out_shardings=split)
         # On a CPU, wait for XLA to free each call's temporaries before the next call (see
         # aspdc_jax.allocator.wait_for_heap_release); else a call may get fresh memory.
@@ -388,7 +329,7 @@ class Deblurrer:
         i = 0
         for b in self._batch_sizes(len(images)):
             chunk = images[i : i + b]
-            batch = np.stack([pad_to(im, hb, wb) for im in chunk])
+            batch = np.stack([reflect_pad(im, height=hb, width=wb) for im in chunk])
             y = self.forward_padded(batch)
             for im, out in zip(chunk, y):
                 outputs.append(out[: im.shape[0], : im.shape[1]])
@@ -413,7 +354,7 @@ class Deblurrer:
         tw = tile if w > tile else bucket_size(w, self.bucket, self.multiple)
         hp = max(bucket_size(h, "exact", self.multiple), th)
         wp = max(bucket_size(w, "exact", self.multiple), tw)
-        padded = pad_to(image, hp, wp)
+        padded = reflect_pad(image, height=hp, width=wp)
         ph, pw = padded.shape[:2]
         acc = np.zeros((ph, pw, 3), np.float32)
         weight = np.zeros((ph, pw, 1), np.float32)
@@ -462,14 +403,14 @@ class Deblurrer:
             arr = np.asarray(images)
             if arr.ndim == 3:
                 out = self._deblur_list([_check_image(arr, "deblur")], tile, overlap, progress)
-                return _quantize(out[0])
+                return quantize(out[0])
             if arr.ndim == 4:
                 items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(arr)]
                 out = self._deblur_list(items, tile, overlap, progress)
-                return np.stack([_quantize(o) for o in out]) if out else np.zeros_like(arr)
+                return np.stack([quantize(o) for o in out]) if out else np.zeros_like(arr)
             raise ValueError(f"deblur: expected uint8 (H, W, 3), (B, H, W, 3) or a list, got shape {arr.shape}")
         items = [_check_image(im, f"deblur: image {i}") for i, im in enumerate(images)]
-        return [_quantize(o) for o in self._deblur_list(items, tile, overlap, progress)]
+        return [quantize(o) for o in self._deblur_list(items, tile, overlap, progress)]
 
     __call__ = deblur
 
@@ -541,7 +482,7 @@ class Deblurrer:
         if not group:
             return
         outputs = self._deblur_list([image.rgb for _, image in group], self.tile, self.overlap, False)
-        done = [Deblurred(item, image, _quantize(out), None) for (item, image), out in zip(group, outputs)]
+        done = [Deblurred(item, image, quantize(out), None) for (item, image), out in zip(group, outputs)]
         group.clear()
         yield from done
 

@@ -1,4 +1,5 @@
-"""The deblurring forward as one pure function, for your own jitted pipeline.
+"""The deblurring forward as one pure function: `deblur_forward`, and `make_deblur_fn` for
+your own jitted pipeline.
 
     from aspdc_jax.inference import make_deblur_fn
     from aspdc_jax.weights import load_for_inference
@@ -7,11 +8,16 @@
     deblur_fn = jax.jit(make_deblur_fn(loaded))
     sharp = deblur_fn(loaded.deblur_params, blurred)   # uint8 (B, H, W, 3) -> same
 
+`deblur_forward` is the one forward of the package: uint8 images in, float [0, 255] out
+(reflect-pad at the bottom/right to the network's multiple of 4, the compute dtype, the
+optional x8 self-ensemble, crop back). :class:`aspdc_jax.inference.Deblurrer` jits it once
+per bucket shape over its devices, `make_deblur_fn` rounds its output to uint8, and the
+validation during training (`aspdc_jax.training.validation`) scores it.
+
 `make_deblur_fn` returns ``fn(params, images_u8)``: uint8 NHWC images in [0, 255] of any
-height and width in, uint8 images of the same shape out, computed exactly as
-:class:`aspdc_jax.inference.Deblurrer` computes them with ``bucket="exact"`` (reflect-pad
-at the bottom/right to the network's multiple of 4, run, crop back, round half to even).
-Unlike the ``Deblurrer`` it does no host work (no buckets, no tiling, no NumPy): it traces
+height and width in, uint8 images of the same shape out, exactly what
+:class:`aspdc_jax.inference.Deblurrer` returns with ``bucket="exact"``. Unlike the
+``Deblurrer`` it does no host work (no buckets, no tiling, no NumPy): it traces
 under ``jax.jit`` (with any in/out shardings, e.g. the batch split over a mesh),
 ``jax.vmap`` (params unmapped), ``jax.export`` with symbolic shapes (see
 :mod:`aspdc_jax.export`), and runs per batch inside a ``tf.data`` / ``grain`` loop. Every
@@ -27,11 +33,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from aspdc_jax.images import to_model
-from aspdc_jax.inference.deblurrer import deblurred_of, geometric_ensemble
+from aspdc_jax.images import quantize, reflect_pad, to_model, to_pixels
 from aspdc_jax.models.config import compute_dtype
 
-__all__ = ["DeblurFn", "make_deblur_fn", "reflect_pad"]
+__all__ = ["DeblurFn", "deblur_forward", "deblurred_of", "geometric_ensemble", "in_compute_dtype", "make_deblur_fn"]
 
 PyTree = Any
 #: ``fn(params, images_u8) -> images_u8``: the DeblurNet ``params`` collection and uint8
@@ -39,30 +44,84 @@ PyTree = Any
 DeblurFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
-def _reflect_index(target: Any, size: Any) -> jax.Array:
-    """Indices ``0..target-1`` into an axis of ``size`` that reproduce ``np.pad(mode="reflect")``
-    (mirror without repeating the edge, again and again when the pad exceeds ``size - 1``;
-    a 1-pixel side repeats). ``target`` and ``size`` may be symbolic (``jax.export``)."""
-    period = 2 * (size - 1)
-    i = jnp.arange(target) % jnp.maximum(period, 1)
-    return jnp.where(i < size, i, period - i)
+def deblurred_of(out: Any) -> jax.Array:
+    """The deblurred image of a module's output: ``.deblurred``, a tuple's first item, or
+    the bare array (what `deblur_forward` accepts from a module)."""
+    if hasattr(out, "deblurred"):
+        return out.deblurred
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
 
 
-def reflect_pad(images: jax.Array, multiple: int = 4) -> jax.Array:
-    """Reflect-pads (B, H, W, C) NHWC images at the bottom/right to the next multiple of
-    ``multiple`` in H and W, as ``np.pad(..., mode="reflect")`` does; any dtype and range
-    (the values are only copied). H and W may be symbolic dimensions (``jax.export``).
+def _flips(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (4, B, H, W, C): as is, flipped up-down, left-right, and both."""
+    return jnp.stack([x, x[:, ::-1], x[:, :, ::-1], x[:, ::-1, ::-1]])
+
+
+def _flips_undone(y: jax.Array) -> jax.Array:
+    """The sum over the 4 outputs of `_flips`, each flipped back."""
+    return y[0] + y[1][:, ::-1] + y[2][:, :, ::-1] + y[3][:, ::-1, ::-1]
+
+
+def geometric_ensemble(run: Any, x: jax.Array) -> jax.Array:
+    """The x8 self-ensemble (BasicSR, MAXIM): ``run`` on the 8 flips and transposes of ``x``
+    (B, H, W, C), each output mapped back, averaged. The 4 flips of each orientation run
+    one after another in a ``lax.map`` (the memory of one forward), all in one program."""
+    upright = _flips_undone(jax.lax.map(run, _flips(x)))
+    transposed = _flips_undone(jax.lax.map(run, _flips(jnp.swapaxes(x, 1, 2))))
+    return (upright + jnp.swapaxes(transposed, 1, 2)) / 8.0
+
+
+def in_compute_dtype(module: Any, params: PyTree, dtype: str) -> tuple[Any, PyTree]:
+    """``module`` computing in ``dtype`` (``"float32"`` or ``"bfloat16"``; a flax module is
+    cloned with it, any other object is kept) and ``params`` with their float leaves cast to
+    it (no-op for leaves already in it)."""
+    compute = compute_dtype(dtype)
+    if hasattr(module, "dtype") and hasattr(module, "clone"):
+        module = module.clone(dtype=compute)
+    if compute != jnp.float32:
+        params = jax.tree_util.tree_map(
+            lambda p: p.astype(compute) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+        )
+    return module, params
+
+
+def deblur_forward(
+    module: Any,
+    params: PyTree,
+    images_u8: jax.Array,
+    *,
+    dtype: str = "float32",
+    self_ensemble: bool = False,
+    multiple: int = 4,
+) -> jax.Array:
+    """The deblurring forward, pure and traceable: uint8 images -> float pixels.
+
+    Args:
+      module: a flax DeblurNet, or any object whose ``apply({"params": p}, x)`` maps
+        (B, H, W, 3) float in [-1, 1] to an output in [-1, 1]: ``.deblurred``, a tuple whose
+        first item is the image, or the bare array.
+      params: the module's ``params`` collection (float32 as loaded; cast to ``dtype``).
+      images_u8: uint8 (B, H, W, 3) NHWC in [0, 255], any H, W >= 1 (static or symbolic).
+      dtype: ``"float32"`` or ``"bfloat16"`` compute (the module is cloned with it).
+      self_ensemble: the geometric x8 self-ensemble (`geometric_ensemble`, 8 forwards).
+      multiple: the module's size requirement (4 for DeblurNet): the images are
+        reflect-padded to it at the bottom/right and the output is cropped back.
 
     Returns:
-      (B, ceil(H/multiple)*multiple, ceil(W/multiple)*multiple, C), same dtype.
+      float32 (B, H, W, 3) in [0, 255], not rounded: `aspdc_jax.images.to_pixels` of the
+      network output (`aspdc_jax.images.quantize` rounds it to uint8).
     """
-    for axis in (1, 2):
-        size = images.shape[axis]
-        target = (size + multiple - 1) // multiple * multiple
-        if target == size:  # False when it cannot be proven for symbolic sizes: pad anyway
-            continue
-        images = jnp.take(images, _reflect_index(target, size), axis=axis, mode="clip")
-    return images
+    module, params = in_compute_dtype(module, params, dtype)
+    height, width = images_u8.shape[1:3]
+    x = to_model(reflect_pad(images_u8, multiple), compute_dtype(dtype))
+
+    def run(z: jax.Array) -> jax.Array:
+        return deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
+
+    y = geometric_ensemble(run, x) if self_ensemble else run(x)
+    return to_pixels(y)[:, :height, :width]
 
 
 def _module_of(models: Any) -> Any:
@@ -98,8 +157,7 @@ def make_deblur_fn(
     """The deblurring forward as a pure function of ``(params, images_u8)``.
 
     Args:
-      models: a flax DeblurNet (or any module whose ``apply({"params": p}, x)`` maps
-        (B, H, W, 3) float in [-1, 1] to an output with ``.deblurred`` in [-1, 1]), or the
+      models: a flax DeblurNet (or any module with `deblur_forward`'s contract), or the
         :class:`aspdc_jax.weights.LoadedModels` of ``load_for_inference`` (its ``.deblur``).
       dtype: ``"float32"`` or ``"bfloat16"`` compute; with bfloat16 the module is cloned
         with that dtype and the float params are cast inside the function (pass the
@@ -111,30 +169,16 @@ def make_deblur_fn(
     Returns:
       ``fn(params, images_u8)``: ``params`` the module's ``params`` collection, and
       ``images_u8`` uint8 (B, H, W, 3) NHWC in [0, 255], any H, W >= 1 (static or
-      symbolic). Returns uint8 (B, H, W, 3): ``round(clip((y + 1) * 127.5, 0, 255))``
-      (half to even) of the network output ``y``, bit for bit what
-      ``Deblurrer(..., bucket="exact").deblur`` returns.
+      symbolic). Returns uint8 (B, H, W, 3): ``quantize(deblur_forward(...))``, rounded
+      half to even, bit for bit what ``Deblurrer(..., bucket="exact").deblur`` returns.
     """
     module = _module_of(models)
-    compute = compute_dtype(dtype)
-    if hasattr(module, "dtype") and hasattr(module, "clone"):
-        module = module.clone(dtype=compute)
+    compute_dtype(dtype)  # validates the name now, not at the first trace
     ensemble = bool(self_ensemble)
 
     def deblur_fn(params: PyTree, images_u8: jax.Array) -> jax.Array:
         _check_images(images_u8)
-        height, width = images_u8.shape[1:3]
-        if compute != jnp.float32:
-            params = jax.tree_util.tree_map(
-                lambda p: p.astype(compute) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
-            )
-        x = to_model(reflect_pad(images_u8, multiple), compute)
-
-        def run(z: jax.Array) -> jax.Array:
-            return deblurred_of(module.apply({"params": params}, z)).astype(jnp.float32)
-
-        y = geometric_ensemble(run, x) if ensemble else run(x)
-        y = jnp.clip((y + 1.0) * 127.5, 0.0, 255.0)[:, :height, :width]
-        return jnp.round(y).astype(jnp.uint8)
+        pixels = deblur_forward(module, params, images_u8, dtype=dtype, self_ensemble=ensemble, multiple=multiple)
+        return quantize(pixels)
 
     return deblur_fn

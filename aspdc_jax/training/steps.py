@@ -3,12 +3,13 @@ evaluation forwards.
 
 Each step is ``(state, batch[, frozen]) -> (state, metrics)``; ``batch`` is
 ``{"blurred": uint8 (B,H,W,3), "sharp": uint8 (B,H,W,3)}`` (global batch, sharded on the
-mesh's ``data`` axis), converted to [-1, 1] inside the step. Params and optimizer state
+mesh's `aspdc_jax.devices.DATA_AXIS`), converted to [-1, 1] inside the step. Params and optimizer state
 are replicated and the incoming state's buffers are donated.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,10 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from aspdc_jax.images import to_model
+from aspdc_jax.devices import batch_sharding, replicated_sharding
+from aspdc_jax.images import reflect_pad, to_model, to_pixels
+from aspdc_jax.inference.functional import deblur_forward
 from aspdc_jax.training.losses import LossFn
 from aspdc_jax.training.phases import Phase, get_phase
-from aspdc_jax.training.sharding import batch_sharding, replicated_sharding
 from aspdc_jax.training.state import TrainState, ema_decay_at
 
 __all__ = ["make_eval_fns", "make_loss_fn", "make_train_step"]
@@ -141,12 +143,30 @@ def _accumulated(grad_fn: Callable[..., Any], k: int) -> Callable[..., tuple[Met
 
 
 def make_eval_fns(deblur: Any, reblur: Any) -> dict[str, Callable[..., jax.Array]]:
-    """Jitted forwards on float images in [-1, 1] (NHWC, sizes already padded):
+    """Jitted forwards of the two networks (float32), for validation and previews.
 
-    ``deblur(params, blurred) -> deblurred`` and
-    ``reblur(params, blurred, sharp) -> reblurred``.
+    On uint8 images (B, H, W, 3) of any size, returning float32 pixels in [0, 255], not
+    rounded (what `aspdc_jax.training.validation.evaluate_pairs` scores):
+
+    * ``deblur_pixels(params, blurred) -> deblurred``: the package's one forward,
+      `aspdc_jax.inference.functional.deblur_forward`, as the ``Deblurrer`` and
+      ``make_deblur_fn`` run it;
+    * ``reblur_pixels(params, blurred, sharp) -> reblurred``: ReblurNet with the same
+      reflect-padding (to its multiple of 8) and conversions.
+
+    On model-range images in [-1, 1] whose sizes the networks accept (previews):
+
+    * ``deblur(params, blurred) -> deblurred`` and ``reblur(params, blurred, sharp) -> reblurred``.
     """
+
+    def reblur_pixels(params: PyTree, blurred: jax.Array, sharp: jax.Array) -> jax.Array:
+        h, w = blurred.shape[1:3]
+        b, s = to_model(reflect_pad(blurred, 8)), to_model(reflect_pad(sharp, 8))
+        return to_pixels(reblur.apply({"params": params}, b, s))[:, :h, :w]
+
     return {
+        "deblur_pixels": jax.jit(functools.partial(deblur_forward, deblur)),
+        "reblur_pixels": jax.jit(reblur_pixels),
         "deblur": jax.jit(lambda p, b: deblur.apply({"params": p}, b).deblurred),
         "reblur": jax.jit(lambda p, b, s: reblur.apply({"params": p}, b, s)),
     }

@@ -1,8 +1,11 @@
 """The validation run during and after each phase: mean PSNR on held-out test pairs.
 
-For deblur / finetune: PSNR(D(b), s) against PSNR(b, s) (the blurred input), both on
-[0, 1] RGB (peak 1), per image, averaged. For reblur: PSNR(R(b, s), b). The full
-protocol (SSIM, RealBlur alignment, ...) lives in ``evaluate.py``.
+For deblur / finetune: PSNR(D(b), s) against PSNR(b, s) (the blurred input), per image,
+averaged, where D is the package's one deblurring forward
+(`aspdc_jax.inference.functional.deblur_forward`: the ``Deblurrer``'s and
+``make_deblur_fn``'s), scored before rounding. For reblur: PSNR(R(b, s), b). PSNR on RGB
+with peak 255 (the same dB as on [0, 1] with peak 1). The full protocol (SSIM, RealBlur
+alignment, ...) lives in ``evaluate.py``.
 """
 
 from __future__ import annotations
@@ -10,26 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from aspdc_jax.evaluation.metrics import psnr_numpy as psnr
-from aspdc_jax.images import to_model
+from aspdc_jax.images import psnr_numpy
 
-__all__ = ["evaluate_pairs", "pad_to_multiple"]
-
-
-def pad_to_multiple(x: jnp.ndarray, multiple: int) -> tuple[jnp.ndarray, tuple[int, int]]:
-    """Reflect-pads (B,H,W,C) on the bottom/right to multiples of ``multiple``."""
-    h, w = x.shape[1:3]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-    return x, (h, w)
+__all__ = ["evaluate_pairs"]
 
 
-def _unit(x: Any) -> np.ndarray:
-    return np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+def _psnr(a: Any, b: Any) -> float:
+    """PSNR of two images in [0, 255] (uint8, or float pixels)."""
+    return psnr_numpy(a, b, peak=255.0)
 
 
 def evaluate_pairs(
@@ -46,24 +39,22 @@ def evaluate_pairs(
     Returns ``{"psnr_output", "psnr_input", "psnr_gain", "num_pairs"}`` (plus ``per_band``:
     the same keys per ``pair.meta["band"]``, for the synthetic test's strength bands) where for
     "deblur" output = D(b) vs sharp and input = b vs sharp; for "reblur" output =
-    R(b, s) vs b and input = s vs b.
+    R(b, s) vs b and input = s vs b. ``eval_fns`` are `aspdc_jax.training.steps.make_eval_fns`'
+    (``deblur_pixels`` / ``reblur_pixels``: uint8 batches in, float pixels out).
     """
     out_psnrs, in_psnrs, bands = [], [], []
     for pair in pairs:
         if getattr(pair, "sharp", None) is None:
             continue
-        blurred = to_model(np.asarray(pair.blurred)[None])
-        sharp = to_model(np.asarray(pair.sharp)[None])
-        bp, (h, w) = pad_to_multiple(blurred, 8)
-        sp, _ = pad_to_multiple(sharp, 8)
+        blurred, sharp = np.asarray(pair.blurred)[None], np.asarray(pair.sharp)[None]
         if scores == "reblur":
-            pred = eval_fns["reblur"](params, bp, sp)[:, :h, :w]
+            pred = eval_fns["reblur_pixels"](params, blurred, sharp)
             target, baseline = blurred, sharp
         else:
-            pred = eval_fns["deblur"](params, bp)[:, :h, :w]
+            pred = eval_fns["deblur_pixels"](params, blurred)
             target, baseline = sharp, blurred
-        out_psnrs.append(psnr(_unit(pred[0]), _unit(target[0])))
-        in_psnrs.append(psnr(_unit(baseline[0]), _unit(target[0])))
+        out_psnrs.append(_psnr(pred[0], target[0]))
+        in_psnrs.append(_psnr(baseline[0], target[0]))
         bands.append((getattr(pair, "meta", None) or {}).get("band"))
     if not out_psnrs:
         return {"num_pairs": 0}
