@@ -10,9 +10,8 @@ DeblurNet forward FLOPs (XLA cost analysis of the forward at the same batch; for
 backward ~ 3x forward). ``matmul_gflops`` = float32 matmul throughput measured in the same
 run; ``utilization`` = achieved / matmul. XLA's own count for the whole step is reported too.
 
-On CPU, run with tcmalloc preloaded::
-
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/bench_train.py
+On CPU it preloads the best allocator installed, as ``train.py`` does (``ASPDC_MALLOC``
+chooses another; see `aspdc_jax.allocator`), and reports it.
 
 By default XLA's memory-minimising CPU scheduler is selected (``--cpu_scheduler memory``,
 as the inference tools do): on the 2-core reference machine the full finetune step then
@@ -41,10 +40,9 @@ from bench_inference import _peak_rss_gib
 from aspdc_jax.allocator import heap_in_use, tune_malloc, wait_for_heap_release
 from aspdc_jax.cli import FlagParser
 from aspdc_jax.inference import use_low_memory_cpu_scheduler
-from aspdc_jax.models import model_defaults
+from aspdc_jax.models import init_params, model_defaults
 from aspdc_jax.training import (
     TrainState,
-    init_params,
     make_mesh,
     make_train_step,
     mse,
@@ -118,8 +116,8 @@ def measure_steps(batch_size: int, size: int, widths: tuple[int, int, int], step
     deblur, reblur = compute_modules({"compute_dtype": dtype}, deblur, reblur)
     mesh = make_mesh()
     rng = jax.random.key(0)
-    dparams = replicate(init_params(deblur, rng, which="deblur"), mesh)
-    rparams = replicate(init_params(reblur, rng, which="reblur"), mesh)
+    dparams = replicate(init_params(deblur, rng), mesh)
+    rparams = replicate(init_params(reblur, rng), mesh)
     data = np.random.default_rng(0).integers(0, 256, (2, batch_size, size, size, 3), np.uint8)
     batch = {"blurred": data[0], "sharp": data[1]}
     tx = optax.adam(1e-4, eps=1e-18)

@@ -11,11 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.models import model_defaults, model_from_config
+from aspdc_jax.models import init_params, model_defaults, model_from_config
 from aspdc_jax.training import (
     PhaseCheckpoints,
     TrainState,
-    init_params,
     make_mesh,
     make_train_step,
     mse,
@@ -38,9 +37,7 @@ def test_two_accumulated_half_batches_give_the_full_batch_update():
     with jax.enable_x64(True):
         deblur, reblur = model_from_config(TINY)
         deblur, reblur = deblur.clone(dtype=jnp.float64), reblur.clone(dtype=jnp.float64)
-        params = jax.tree_util.tree_map(
-            lambda x: x.astype(jnp.float64), init_params(deblur, jax.random.key(0), which="deblur")
-        )
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), init_params(deblur, jax.random.key(0)))
         batch = next(iter(FakeLoader(batch=4, seed=7, crop=16)))
         mesh, tx = make_mesh(), optax.sgd(1.0)
         out = {}
@@ -74,7 +71,7 @@ def test_ema_follows_its_recurrence_with_warmup():
     assert float(ema_decay_at(8, 0.999)) == pytest.approx(0.5)
     assert float(ema_decay_at(10**6, 0.999)) == pytest.approx(0.999)
     deblur, reblur = model_from_config(TINY)
-    params = init_params(deblur, jax.random.key(0), which="deblur")
+    params = init_params(deblur, jax.random.key(0))
     batch = next(iter(FakeLoader(batch=2, seed=1, crop=16)))
     mesh, tx = make_mesh(), optax.adam(1e-2)
     step = make_train_step(

@@ -18,13 +18,13 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np, optax
     from tests.helpers.train_fakes import FakeLoader
-    from aspdc_jax.models import model_defaults
-    from aspdc_jax.training import TrainState, init_params, make_mesh, make_train_step, mse
+    from aspdc_jax.models import init_params, model_defaults
+    from aspdc_jax.training import TrainState, make_mesh, make_train_step, mse
     from aspdc_jax.training.sharding import replicate
 
     assert jax.device_count() == 8, jax.devices()
     deblur, reblur = model_defaults().replace(deblur_width=4, reblur_width=4, num_groups=1).networks()
-    params = init_params(deblur, jax.random.key(0), which="deblur")
+    params = init_params(deblur, jax.random.key(0))
     batches = [b for _, b in zip(range(2), FakeLoader(batch=8, seed=5, crop=16))]
     out = {}
     for n in (1, 8):

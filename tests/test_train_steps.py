@@ -11,13 +11,12 @@ import numpy as np
 import optax
 import pytest
 
-from aspdc_jax.models import model_defaults, model_from_config
+from aspdc_jax.models import init_params, model_defaults, model_from_config
 from aspdc_jax.training import (
     TrainState,
     charbonnier,
     get_loss,
     imagenet_mse,
-    init_params,
     make_mesh,
     make_schedule,
     make_train_step,
@@ -106,8 +105,8 @@ def tiny():
     return {
         "deblur": deblur,
         "reblur": reblur,
-        "deblur_params": init_params(deblur, rng, which="deblur"),
-        "reblur_params": init_params(reblur, jax.random.fold_in(rng, 1), which="reblur"),
+        "deblur_params": init_params(deblur, rng),
+        "reblur_params": init_params(reblur, jax.random.fold_in(rng, 1)),
         "batch": batch,
         "mesh": make_mesh(),
     }

@@ -6,6 +6,8 @@ one ``jax.random.normal`` call and slices it, so there is a single RNG fusion to
 The distribution is the modules' own: Xavier-normal kernels (``torch.nn.init.
 xavier_normal_``), zero biases, and zero offset / mask predictors when
 ``zero_init_offsets`` is set. The values differ from ``module.init(rng, ...)``'s.
+
+It is the package's one initialiser: training starts each phase's network with it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aspdc_jax.models.deblur_net import DeblurNet
+from aspdc_jax.models.reblur_net import ReblurNet
 from aspdc_jax.trees import flatten
 
-__all__ = ["init_params"]
+__all__ = ["example_inputs", "init_params"]
 
 PyTree = Any
 _ZERO_INIT_PARENTS = ("offset_conv", "mask_conv")
@@ -29,21 +33,39 @@ def _leaf_paths(tree: PyTree) -> list[tuple[tuple[str, ...], Any]]:
     return [(tuple(path.split("/")), leaf) for path, leaf in flatten(tree).items()]
 
 
+def example_inputs(module: nn.Module) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Small inputs ``module.init`` accepts (conv params do not depend on the image size):
+    one (1, 16, 16, 3) float32 image for DeblurNet, two for ReblurNet (blurred, sharp).
+
+    Raises:
+      ValueError: another module (pass its inputs to `init_params`).
+    """
+    image = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+    if isinstance(module, DeblurNet):
+        return (image,)
+    if isinstance(module, ReblurNet):
+        return (image, image)
+    raise ValueError(f"init_params needs example inputs for a {type(module).__name__}; pass them after rng")
+
+
 def init_params(module: nn.Module, rng: jax.Array, *inputs: Any) -> PyTree:
     """Returns a ``"params"`` tree for ``module`` (DeblurNet, ReblurNet or a submodule).
 
     Args:
       module: the network.
       rng: a PRNG key.
-      inputs: example inputs or ``jax.ShapeDtypeStruct``s, as for ``module.init``.
+      inputs: example inputs or ``jax.ShapeDtypeStruct``s, as for ``module.init``; none
+        for DeblurNet and ReblurNet (`example_inputs`).
 
     Returns:
       The ``params`` collection (float32 jax arrays), same tree and shapes as
       ``module.init(rng, *inputs)["params"]``.
 
     Raises:
-      ValueError: a parameter that is neither a conv ``kernel`` nor a ``bias``.
+      ValueError: a parameter that is neither a conv ``kernel`` nor a ``bias``, or no
+        ``inputs`` for a module other than DeblurNet and ReblurNet.
     """
+    inputs = inputs or example_inputs(module)
     shapes = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
     zero_offsets = bool(getattr(module, "zero_init_offsets", False))
     leaves = _leaf_paths(shapes)

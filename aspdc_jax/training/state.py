@@ -12,7 +12,7 @@ import optax
 
 from aspdc_jax.trees import flatten
 
-__all__ = ["TrainState", "ema_decay_at", "init_params", "make_optimizer", "param_shapes"]
+__all__ = ["TrainState", "ema_decay_at", "make_optimizer", "param_shapes"]
 
 PyTree = Any
 
@@ -93,21 +93,6 @@ def make_optimizer(
         )
         parts.append(scale_sampling)
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
-
-
-def init_params(module: Any, rng: jax.Array, *, which: str) -> PyTree:
-    """Initial ``params`` of DeblurNet (``which="deblur"``) or ReblurNet (``"reblur"``).
-
-    Conv params do not depend on the image size, so a small 16x16 dummy input is used.
-    """
-    x = jnp.zeros((1, 16, 16, 3), jnp.float32)
-    if which == "deblur":
-        variables = jax.jit(module.init)(rng, x)
-    elif which == "reblur":
-        variables = jax.jit(module.init)(rng, x, x)
-    else:
-        raise ValueError(f"which must be 'deblur' or 'reblur', got {which!r}")
-    return variables["params"]
 
 
 def param_shapes(params: PyTree) -> dict[str, list[int]]:
