@@ -14,6 +14,7 @@ from PIL import Image
 
 from aspdc_jax.data import builders, eval_pairs, imageio, layouts, make_train_loader, pipeline, synthetic
 from aspdc_jax.data.settings import DataSettings, defaults
+from aspdc_jax.data.synthetic.__main__ import main as preview_main
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -283,23 +284,21 @@ def test_synthetic_user_photo_folder(tmp_path):
     ]
 
 
-def test_preview_cli(tmp_path):
+def test_preview_cli(tmp_path):  # python -m aspdc_jax.data.synthetic
     out = tmp_path / "preview.png"
-    assert synthetic.main(["--preview", str(out), "--rows", "2", "--crop-size", "64"]) == 0
+    assert preview_main(["--preview", str(out), "--rows", "2", "--crop-size", "64"]) == 0
     assert Image.open(out).size == (64 * 2 + 4, 64 * 2 + 4)
     # One photo of your own is enough for a preview; one too small is named.
     (tmp_path / "mine").mkdir()
     _save(tmp_path / "mine" / "big.png", _img(80, 90, 1))
     assert (
-        synthetic.main(
-            ["--preview", str(out), "--rows", "1", "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]
-        )
+        preview_main(["--preview", str(out), "--rows", "1", "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")])
         == 0
     )
     _save(tmp_path / "mine" / "small.png", _img(30, 90, 1))
-    assert synthetic.main(["--preview", str(out), "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 2
+    assert preview_main(["--preview", str(out), "--crop-size", "64", "--photo-dir", str(tmp_path / "mine")]) == 2
     with pytest.raises(SystemExit):
-        synthetic.main(["--preview", str(out), "--rows", "0"])
+        preview_main(["--preview", str(out), "--rows", "0"])
 
 
 @pytest.mark.parametrize(
@@ -313,7 +312,7 @@ def test_preview_cli(tmp_path):
 def test_preview_cli_bad_output_path_fails_before_work(tmp_path, capsys, where, message):
     import re
 
-    assert synthetic.main(["--preview", str(tmp_path / where), "--rows", "1", "--crop_size", "64"]) == 2
+    assert preview_main(["--preview", str(tmp_path / where), "--rows", "1", "--crop_size", "64"]) == 2
     captured = capsys.readouterr()
     assert re.search(message, captured.err), captured.err
     assert "PSNR" not in captured.out  # nothing was synthesised first
