@@ -1,7 +1,8 @@
 """Typed settings from the config: the shared pieces.
 
-``configs/default.py`` is the one source of every default and documents every field; the
-variants (``configs/*.py``) state only what differs. Library code takes typed, frozen
+The base config, ``aspdc_jax/configs/default.py`` (``configs/default.py`` in a checkout), is
+the one source of every default and documents every field; the variants (``configs/*.py``)
+state only what differs. Library code takes typed, frozen
 settings built from a config section in one place (`aspdc_jax.data.DataSettings`,
 `aspdc_jax.models.ModelSettings`), never a config with fallbacks. A caller without a
 full config (``evaluate.py``'s flags, benchmarks, tests) starts from the base config's
@@ -16,15 +17,14 @@ the field).
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import ml_collections
+
+from aspdc_jax.configs import default
 
 __all__ = [
     "base_config",
@@ -42,31 +42,9 @@ Check = Callable[[str, Any], Any]
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """A fresh copy of ``configs/default.py``'s ``get_config()``: the base of every config.
-
-    ``configs`` is shipped as a package next to ``aspdc_jax`` (pyproject.toml), so this
-    works from an installed copy; in a source checkout whose (editable) install predates
-    that, the same file is read from next to the package.
-    """
-    try:
-        from configs import default  # noqa: PLC0415 (only callers without a full config need it)
-    except ImportError:
-        default = _checkout_base()
+    """A fresh copy of the base config's ``get_config()`` (`aspdc_jax.configs.default`,
+    shipped with the package; ``configs/default.py`` in a checkout): the base of every config."""
     return default.get_config()
-
-
-def _checkout_base() -> ModuleType:
-    """``configs/default.py`` of the checkout that holds this package, loaded by path."""
-    path = Path(__file__).resolve().parent.parent / "configs" / "default.py"
-    spec = importlib.util.spec_from_file_location("_aspdc_base_config", path)
-    if not path.is_file() or spec is None or spec.loader is None:
-        raise ImportError(
-            f"configs/default.py (the base config) is neither importable nor at {path}: "
-            "install the package (pip install .), which ships configs/, or run from the repository root"
-        )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def config_fields(section: Any, names: Sequence[str], label: str) -> dict[str, Any]:

@@ -1,3 +1,7 @@
-"""Training configs: ``default.py`` is the base (the paper) and the one source of every
-default; the variants state only what differs. Shipped with ``aspdc_jax`` so that
-`aspdc_jax.settings.base_config` finds the base in an installed copy too."""
+"""Training configs of a checkout, for ``python train.py --config=configs/<name>.py``.
+
+The base (the paper, every field documented) ships with the package as
+``aspdc_jax/configs/default.py``; ``configs/default.py`` is that base at its usual path.
+The variants start from it (or from each other) and state only what differs. This folder
+is not installed: only ``aspdc_jax`` is.
+"""

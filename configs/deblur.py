@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from aspdc_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

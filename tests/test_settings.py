@@ -1,6 +1,7 @@
-"""configs/default.py is the one source of every default: typed settings round-trip its
-sections, bad or unknown fields fail in one line, the variants state only what differs,
-and no library module restates a default with a fallback getter."""
+"""The base config (aspdc_jax/configs/default.py, shipped with the package; configs/default.py
+in a checkout) is the one source of every default: typed settings round-trip its sections,
+bad or unknown fields fail in one line, every configs/*.py variant gives valid settings and
+states only what differs, and no library module restates a default with a fallback getter."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from typing import Any
 
 import pytest
 
+from aspdc_jax.configs import default
 from aspdc_jax.data.settings import DataSettings, defaults
 from aspdc_jax.models.config import ModelSettings, model_defaults
-from configs import default
+from aspdc_jax.settings import base_config
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Every config of the checkout (configs/<name>.py), the base's path included.
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
 
 
 @pytest.mark.parametrize("section, cls", [("data", DataSettings), ("model", ModelSettings)])
@@ -27,7 +31,14 @@ def test_settings_round_trip_every_field_of_the_base(section: str, cls: Any) -> 
     assert (defaults() if section == "data" else model_defaults()) == settings
 
 
-@pytest.mark.parametrize("variant", ["default", "deblur", "quickstart", "demo"])
+def test_the_checkout_path_is_the_shipped_base() -> None:
+    checkout = importlib.import_module("configs.default")
+    assert checkout.get_config is default.get_config
+    assert base_config() == default.get_config() and base_config() is not base_config()
+    assert {"default", "deblur", "quickstart", "demo"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("variant", CONFIGS)
 def test_every_config_gives_valid_settings(variant: str) -> None:
     config = importlib.import_module(f"configs.{variant}").get_config()
     DataSettings.from_config(config.data)
@@ -125,7 +136,7 @@ def _settings_in(path: Path) -> tuple[str, list[tuple[str, ast.expr]]]:
     return parent, out
 
 
-@pytest.mark.parametrize("variant", ["deblur", "quickstart", "demo"])
+@pytest.mark.parametrize("variant", [name for name in CONFIGS if name != "default"])
 def test_variants_state_only_what_differs(variant: str) -> None:
     parent_name, settings = _settings_in(ROOT / "configs" / f"{variant}.py")
     parent = importlib.import_module(f"configs.{parent_name}").get_config()

@@ -3,8 +3,9 @@
 ``DataSettings.from_config(config.data)`` is the one place a data config becomes
 settings: every field of configs/default.py's data section, no other (an unknown field
 is an error with a did-you-mean), each value checked, with one-line ValueErrors that
-name the field. The defaults live only in configs/default.py (which documents every
-field); a caller without a full config starts from them::
+name the field. The defaults live only in the base config, aspdc_jax/configs/default.py
+(``configs/default.py`` in a checkout), which documents every field; a caller without a
+full config starts from them::
 
     data = defaults().replace(dataset="synthetic", crop_size=64)
 
