@@ -44,6 +44,7 @@ from pathlib import Path
 from aspdc_jax.allocator import tune_malloc
 from aspdc_jax.cli import FlagParser, add_compute_flags, returning_user_errors, show_progress
 from aspdc_jax.images import IMAGE_SUFFIXES, ImageReadError, read_image, write_image
+from aspdc_jax.inference.ray_data import add_ray_flags, run_ray  # Ray itself is imported by --ray runs only
 
 __all__ = [
     "MANIFEST_NAME",
@@ -391,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep XLA's default concurrency-optimised CPU schedule (about 2x the peak memory); "
         "by default the memory-minimising one is selected",
     )
+    add_ray_flags(parser)  # --ray, --actors, --gpus_per_actor, --batch_size (inference/ray_data.py)
     return parser
 
 
@@ -413,6 +415,8 @@ def _check_out_dir(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.ray:  # the same inputs, names and manifest, deblurred by Ray Data actors
+        return run_ray(args)
     from aspdc_jax import inference  # noqa: PLC0415 (--help without JAX)
 
     tune_malloc()
