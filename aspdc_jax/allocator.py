@@ -15,17 +15,18 @@ deblur CLI, the app, the benchmarks) picks, by ``ASPDC_MALLOC``:
   system tcmalloc, else a system jemalloc (both found by the dynamic linker, e.g. after
   ``apt install libtcmalloc-minimal4``), else the mimalloc that the ``cmeel-mimalloc``
   wheel installs with the package (a dependency on Linux x86_64 and aarch64), else glibc's
-  malloc as ``glibc`` tunes it. In-process callers (``reexec=False``) get the latter.
+  malloc. In-process callers (``reexec=False``) keep the allocator they have.
 * ``tcmalloc``, ``jemalloc``, ``mimalloc``: that one, or one ``error:`` line if it is not
   installed.
-* ``glibc``: glibc's malloc with `GLIBC_SETTINGS` (see there why only those).
-* ``system``: glibc's defaults, nothing changed.
+* ``glibc`` and ``system``: glibc's malloc as it is, nothing preloaded or changed. (The
+  ``mallopt`` tuning of earlier versions is gone: measured, it was never faster than
+  glibc's defaults, and with its one-arena limit slower.)
 
-Measured on the 2-core reference machine (the quickstart deblur phase, 96 steps, median
-wall time of whole-process runs with ``benchmarks/bench_allocators.py``, relative to
-tcmalloc; 2026-12-05): mimalloc 1.02-1.06, glibc with `GLIBC_SETTINGS` 1.13, glibc's
-defaults 1.47, and the earlier tuning (one arena as well) 1.54: a single arena serialises XLA's
-worker threads on one lock. ``docs/benchmarks.md`` has the 256-step table.
+Measured on the 2-core reference machine (the quickstart deblur phase, 256 steps, whole
+processes with ``benchmarks/bench_allocators.py``, wall time relative to tcmalloc in the
+same round, median of 3 rounds; 2026-12-05): mimalloc 1.10 (and 1.12 in another set of 3),
+jemalloc as preloaded here 1.02 (2 rounds), glibc's defaults 1.29-1.34.
+``docs/benchmarks.md`` has the tables.
 
 Preloading happens only where it can: for a script's own process (``reexec=True``), before
 any work worth keeping. In-process callers (``reexec=False``: a notebook, a test,
@@ -48,10 +49,9 @@ from pathlib import Path
 
 __all__ = [
     "ENV_VAR",
-    "GLIBC_SETTINGS",
-    "MIMALLOC_OPTIONS",
     "MODES",
     "PRELOADED",
+    "PRELOAD_OPTIONS",
     "describe",
     "find_library",
     "heap_in_use",
@@ -77,35 +77,27 @@ _INSTALL_HINTS = {
 #: Where the ``cmeel-mimalloc`` wheel puts the shared library, inside site-packages.
 _MIMALLOC_WHEEL = ("cmeel-mimalloc", "cmeel.prefix/lib/libmimalloc.so.3", "cmeel.prefix/lib/libmimalloc.so")
 
-#: mimalloc options set (as ``MIMALLOC_*`` environment variables, unless already set) when
-#: this module preloads mimalloc. Chosen by paired runs of the quickstart deblur phase (see
-#: the README's benchmark section): the lowest peak RSS at tcmalloc's speed.
-#: Its defaults keep freed memory for a second (``purge_delay`` 1000 ms in mimalloc 3): any
-#: shorter delay (0, 2, 5, 25, 100 or 250 ms) lowered peak RSS to tcmalloc's but cost
-#: 1.19-1.27x the wall time. Turning off transparent huge pages cost nothing measurable
-#: (1.02-1.03x tcmalloc's time) and lowered peak RSS from 1.59-1.68 to 1.52-1.53 GiB.
-MIMALLOC_OPTIONS: dict[str, str] = {"MIMALLOC_ALLOW_THP": "0"}
+#: Environment variables set (unless already set) when this module preloads an allocator,
+#: chosen by paired runs of the quickstart deblur phase (``docs/benchmarks.md``):
+#:
+#: * mimalloc: its defaults keep freed memory for a second (``purge_delay`` 1000 ms in
+#:   mimalloc 3); every shorter delay tried (0-250 ms) lowered peak RSS to tcmalloc's
+#:   but cost 1.19-1.27x the wall time, and never purging (-1) ran at 1.03x tcmalloc's
+#:   time but peaked at 1.87 GiB against 1.38. Transparent huge pages off: no slower,
+#:   peak RSS 1.52-1.53 instead of 1.59-1.68 GiB (96 steps).
+#: * jemalloc: its default decay (dirty pages returned after 10 s) ran at 1.04x glibc's
+#:   defaults' time (slower than no allocator at all); never decaying ran at 1.02x
+#:   tcmalloc's time with peak RSS 2.09 GiB against 1.38.
+PRELOAD_OPTIONS: dict[str, dict[str, str]] = {
+    "mimalloc": {"MIMALLOC_ALLOW_THP": "0"},
+    "jemalloc": {"MALLOC_CONF": "dirty_decay_ms:-1"},
+}
 
-# mallopt parameters from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD = -1
-_M_TOP_PAD = -2
-_M_MMAP_THRESHOLD = -3
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-
-#: (parameter, value) pairs the ``glibc`` mode sets (and ``auto`` where no allocator is
-#: installed), in order: large blocks come from the heap, not a fresh ``mmap`` each time,
-#: and the heap is not shrunk and regrown between steps. Paired runs of the quickstart
-#: deblur phase (96 steps, 2 rounds, wall time against glibc's defaults): these three
-#: 0.77x; with ``M_ARENA_MAX = 1`` added (earlier versions) 1.05x; ``M_ARENA_MAX = 1``
-#: alone 1.20x. So the arena limit is gone: one arena serialises XLA's worker threads.
-GLIBC_SETTINGS: tuple[tuple[int, int], ...] = (
-    (_M_MMAP_MAX, 0),
-    (_M_TRIM_THRESHOLD, 2**31 - 1),
-    (_M_TOP_PAD, 256 << 20),
-)
-
-_tuned = False  # set once mallopt succeeded in this process
+#: glibc is left as it is, in every mode: paired runs of the 256-step quickstart deblur
+#: phase against glibc's defaults gave 1.00, 1.03 and 1.00 for the mallopt tuning of
+#: earlier versions without its arena limit (no mmap for large blocks, no trimming; fewer
+#: page faults, no faster), and earlier (96 steps) 1.05x with ``M_ARENA_MAX = 1`` and
+#: 1.20x for that limit alone: one arena makes XLA's worker threads queue on one lock.
 
 
 def _preloaded() -> str | None:
@@ -164,9 +156,8 @@ def installed_allocator() -> tuple[str, str] | None:
 def _reexec_with(name: str, library: str) -> None:
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
-    if name == "mimalloc":
-        for key, value in MIMALLOC_OPTIONS.items():
-            env.setdefault(key, value)
+    for key, value in PRELOAD_OPTIONS.get(name, {}).items():
+        env.setdefault(key, value)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
@@ -182,12 +173,11 @@ def tune_malloc(reexec: bool = False) -> str:
     installed (or conflicts with one already in ``LD_PRELOAD``), exits with one ``error:``
     line.
     """
-    global _tuned
     mode = _mode()
     preloaded = _preloaded()
     if mode in PRELOADED and preloaded not in (None, mode):
         raise SystemExit(f"error: {ENV_VAR}={mode} but LD_PRELOAD already has {preloaded}; unset one of them")
-    if _tuned or preloaded or mode == "system" or platform.libc_ver()[0] != "glibc":
+    if preloaded or mode in ("glibc", "system") or platform.libc_ver()[0] != "glibc":
         return describe()
     if mode in PRELOADED:
         library = find_library(mode)
@@ -201,22 +191,13 @@ def tune_malloc(reexec: bool = False) -> str:
         found = installed_allocator()
         if found is not None:
             _reexec_with(*found)
-    if mode in ("auto", "glibc") and GLIBC_SETTINGS:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _tuned = all(libc.mallopt(param, value) == 1 for param, value in GLIBC_SETTINGS)
-        except (OSError, AttributeError):
-            _tuned = False
     return describe()
 
 
 def describe() -> str:
     """The allocator this process runs with, as the benchmarks report it: ``"tcmalloc"``
-    (or another preloaded one), ``"glibc malloc (tuned)"`` or ``"glibc malloc"``."""
-    preloaded = _preloaded()
-    if preloaded:
-        return preloaded
-    return "glibc malloc (tuned)" if _tuned else "glibc malloc"
+    (or another preloaded one) or ``"glibc malloc"``."""
+    return _preloaded() or "glibc malloc"
 
 
 class _MallInfo2(ctypes.Structure):

@@ -1,10 +1,10 @@
 """aspdc_jax.allocator: the best allocator installed is preloaded (tcmalloc, jemalloc, else
-the mimalloc wheel); glibc malloc is kept from unmapping freed memory.
+the mimalloc wheel); the heap in use is read where the allocator can say it.
 
-Each case runs in a fresh interpreter (mallopt and execve change the whole process). The measure is
-the kernel's count of minor page faults while a 100 MiB buffer is allocated, filled and
-freed five times: glibc's defaults map and unmap it each time (fresh zero pages, faulted in
-again), the tuned heap reuses the pages it already has.
+Each case runs in a fresh interpreter (LD_PRELOAD and execve change the whole process). The
+measure of reuse is the kernel's count of minor page faults while a 100 MiB buffer is
+allocated, filled and freed five times: glibc's defaults map and unmap it each time (fresh
+zero pages, faulted in again), a preloaded allocator reuses the pages it already has.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ for _ in range(5):
 print(name, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc malloc only")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="preloads into glibc processes only")
 
 
 def _env(**env: str) -> dict[str, str]:
@@ -49,15 +49,17 @@ def _probe(**env: str) -> tuple[str, int]:
     return " ".join(out[:-1]), int(out[-1])
 
 
-def test_tuned_glibc_reuses_freed_memory_without_page_faults() -> None:
-    tuned_name, tuned_faults = _probe(ASPDC_MALLOC="glibc")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="cmeel-mimalloc ships Linux x86_64/aarch64")
+def test_the_preloaded_mimalloc_reuses_freed_memory_without_page_faults() -> None:
+    from aspdc_jax.allocator import find_library
+
+    mimalloc_name, mimalloc_faults = _probe(LD_PRELOAD=str(find_library("mimalloc")))
     default_name, default_faults = _probe(ASPDC_MALLOC="system")
-    assert tuned_name == "glibc malloc (tuned)"
-    assert default_name == "glibc malloc"
+    assert (mimalloc_name, default_name) == ("mimalloc", "glibc malloc")
     # 5 x 100 MiB freshly mapped: at least one fault per 2 MiB huge page (250), usually one
-    # per 4 KiB page (128000). Reused heap pages: none beyond noise.
+    # per 4 KiB page (128000). Reused pages: none beyond noise.
     assert default_faults >= 250
-    assert tuned_faults <= default_faults // 10
+    assert mimalloc_faults <= default_faults // 10
 
 
 @pytest.mark.skipif(not Path(TCMALLOC).exists(), reason="tcmalloc is not installed")
@@ -122,24 +124,26 @@ def test_auto_prefers_tcmalloc_then_jemalloc_then_the_mimalloc_wheel(monkeypatch
 def test_the_mimalloc_wheel_is_found_and_preloaded_with_its_options() -> None:
     import json
 
-    from aspdc_jax.allocator import MIMALLOC_OPTIONS, find_library
+    from aspdc_jax.allocator import PRELOAD_OPTIONS, find_library
+
+    options = PRELOAD_OPTIONS["mimalloc"]
 
     library = find_library("mimalloc")
     assert library is not None and "libmimalloc" in library
-    code = REEXEC + "print(json.dumps({k: os.environ.get(k) for k in " + repr(sorted(MIMALLOC_OPTIONS)) + "}))"
+    code = REEXEC + "print(json.dumps({k: os.environ.get(k) for k in " + repr(sorted(options)) + "}))"
     proc = _run(code, ASPDC_MALLOC="mimalloc")
     assert proc.returncode == 0, proc.stderr
     name, _, preload, _, _ = json.loads(proc.stdout.splitlines()[2])
     assert name == "mimalloc" and preload == library
-    assert json.loads(proc.stdout.splitlines()[3]) == MIMALLOC_OPTIONS
+    assert json.loads(proc.stdout.splitlines()[3]) == options
 
 
 def test_in_process_callers_and_opted_out_processes_are_not_reexecuted() -> None:
     code = "from aspdc_jax.allocator import tune_malloc; print(tune_malloc())"
     for env, expected in (
-        ({}, "glibc malloc (tuned)"),
+        ({}, "glibc malloc"),
         ({"ASPDC_MALLOC": "mimalloc"}, "glibc malloc"),
-        ({"ASPDC_MALLOC": "glibc"}, "glibc malloc (tuned)"),
+        ({"ASPDC_MALLOC": "glibc"}, "glibc malloc"),
         ({"ASPDC_MALLOC": "system"}, "glibc malloc"),
     ):
         proc = _run(code, **env)
@@ -202,7 +206,7 @@ def test_the_heap_in_use_is_read_and_its_release_awaited(env: dict[str, str]) ->
         [sys.executable, "-c", HEAP], cwd=ROOT, env=_env(**env), capture_output=True, text=True, check=True
     )
     name, base, grown, timed_out, released, after = json.loads(out.stdout)
-    assert name in ("glibc malloc (tuned)", "glibc malloc", "tcmalloc")
+    assert name in ("glibc malloc", "tcmalloc")
     # 512 MiB held: the count grows by it; while held the wait runs to its timeout.
     assert abs(grown - base - (512 << 20)) < (16 << 20)
     assert 0.2 <= timed_out < 1.0
