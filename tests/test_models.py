@@ -332,7 +332,7 @@ def test_full_width_forward_compiles_in_under_a_minute() -> None:
     assert time.perf_counter() - start < 60
 
 
-# ---------------------------------------------------------------- fast init
+# ---------------------------------------------------------------- init
 
 
 def test_init_params_has_the_init_tree_and_distribution() -> None:
@@ -352,3 +352,7 @@ def test_init_params_has_the_init_tree_and_distribution() -> None:
     assert np.asarray(groups["aspdc"]["branch_d1"]["dcn"]["kernel"]).any()
     branch = init_params(DeformBranch(2), jax.random.key(1), jnp.zeros((1, 8, 8, 4)))
     assert np.asarray(branch["offset_conv"]["kernel"]).any()
+    # The values are module.init's own (training's fresh runs start from them).
+    same = jax.jit(net.init)(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(same), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

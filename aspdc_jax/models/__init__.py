@@ -4,7 +4,7 @@ Variables are ``{"params": ...}`` only (no batch statistics)::
 
     deblur = DeblurNet()                       # width 32, six ASPDC groups
     params = deblur.init(rng, x)["params"]      # x: (B, H, W, 3) in [-1, 1], H, W % 4 == 0
-    params = init_params(deblur, rng, x)        # same distribution, compiles ~10x faster
+    params = init_params(deblur, rng)           # module.init's params (example inputs built in)
     out = deblur.apply({"params": params}, x)   # DeblurOutput(deblurred, residual, offsets, attention)
     reblur = ReblurNet()                        # width 16
     y = reblur.apply({"params": rparams}, blurred, sharp)  # H, W % 8 == 0
