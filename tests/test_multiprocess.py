@@ -332,7 +332,7 @@ def test_both_processes_save_one_checkpoint_that_a_rerun_resumes(runs):
     with PhaseCheckpoints(two / "deblur", read_only=True) as ckpt:
         assert ckpt.all_steps()[0] == 4
         meta = ckpt.meta(4)
-    assert meta["total_steps"] == 4 and meta["finished"]
+    assert meta.total_steps == 4 and meta.finished
     params = flatten(load_workdir(two / "deblur" / "4").deblur_params)
     ref = flatten(load_workdir(runs["one"] / "deblur" / "4").deblur_params)
     assert params.keys() == ref.keys()

@@ -194,14 +194,15 @@ def test_outputs_metrics_jsonl_tensorboard_and_checkpoint_contents(runs):
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
     assert [r["step"] for r in train] == [2, 4, 6]
-    assert {"loss", "lr", "grad_norm", "steps_per_s", "epoch"} <= set(train[0])
+    assert {"loss", "lr", "grad_norm", "steps_per_s", "epoch", "data_wait_fraction"} <= set(train[0])
+    assert all(0.0 <= r["data_wait_fraction"] <= 1.0 for r in train)
     assert any(r["event"] == "phase_end" for r in records)
     events = list((workdir / "tensorboard" / "deblur").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     with PhaseCheckpoints(workdir / "deblur", read_only=True) as ckpt:
         got = ckpt.restore(6, items=("params", "opt_state", "data", "meta", "config"))
     assert got["data"] == {"index": 6}
-    assert got["meta"]["finished"] and got["meta"]["total_steps"] == 6
+    assert got["meta"].finished and got["meta"].total_steps == 6 and got["meta"].stopped_by is None
     assert got["config"]["model"]["deblur_width"] == 4
 
 

@@ -1,36 +1,35 @@
 """Device mesh and shardings: the batch is split over a ``data`` axis, parameters and
-optimizer state are replicated. Works on 1..N local devices and on several hosts."""
+optimizer state are replicated. Works on 1..N local devices and on several hosts. The mesh
+and its two shardings are `aspdc_jax.devices`' (shared with inference; named here too).
+Joining a multi-process run is `maybe_initialize_distributed`; what a process does when
+one fails is :mod:`aspdc_jax.training.failures`'."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
-import re
-import sys
-import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+
+from aspdc_jax.devices import DATA_AXIS, batch_sharding, make_mesh, replicated_sharding
 
 __all__ = [
     "DATA_AXIS",
     "DISTRIBUTED_TIMEOUTS",
     "batch_sharding",
+    "distributed_initialized",
     "distributed_timeouts",
-    "ending_promptly_on_failure",
     "make_mesh",
     "maybe_initialize_distributed",
     "put_global_batch",
     "replicate",
     "replicated_sharding",
-    "reporting_runtime_errors",
 ]
 
-DATA_AXIS = "data"
 
 # Environment variables that mean "this process is one of several": jax.distributed
 # auto-detects the cluster (SLURM, Open MPI, Cloud TPU, Kubernetes) or reads the explicit
@@ -129,97 +128,9 @@ def maybe_initialize_distributed(force: bool = False) -> bool:
     return True
 
 
-def _exit_now(status: int) -> None:
-    """Ends this process at once: no ``jax.distributed`` shutdown barrier, which would
-    wait for the other processes (up to the heartbeat or shutdown timeout)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-# The status codes XLA's errors start with ("UNKNOWN: Gloo AllGather failed: ..."): the
-# mark of a runtime error that JAX re-raised as another type (e.g. ValueError from jit).
-_XLA_STATUS = re.compile(
-    r"^(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|"
-    r"RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|"
-    r"DATA_LOSS|UNAUTHENTICATED): "
-)
-
-
-def _runtime_error(err: BaseException | None) -> BaseException | None:
-    """The JAX runtime error in ``err``'s chain of causes (what a failed collective
-    raises, however it was re-raised), or None."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, jax.errors.JaxRuntimeError) or _XLA_STATUS.match(str(err)):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-@contextlib.contextmanager
-def reporting_runtime_errors(show_traceback: bool = False) -> Iterator[None]:
-    """In a multi-process run, a JAX runtime error (what this process sees when another
-    one died: its next collective fails) becomes one ``error:`` line that says so, and
-    exit status 1. Other exceptions pass. No-op with one process."""
-    if not _distributed_initialized:
-        yield
-        return
-    try:
-        yield
-    except Exception as err:
-        runtime = _runtime_error(err)
-        if runtime is None:
-            raise
-        if show_traceback:
-            traceback.print_exc()
-        text = str(runtime).strip()
-        print(
-            f"error: process {jax.process_index()} of {jax.process_count()}: a JAX runtime error "
-            f"({text.splitlines()[0] if text else type(runtime).__name__}). When another process died or "
-            "was stopped, this is what the others see: look at its output. Start all processes again "
-            "with the same command to resume from the last checkpoint.",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
-
-
-@contextlib.contextmanager
-def ending_promptly_on_failure() -> Iterator[None]:
-    """In a multi-process run, any failure (an exception, or ``sys.exit`` with a non-zero
-    status) ends this process at once, so the others fail fast in their next collective
-    instead of waiting for it, and this one does not wait for them at the shutdown
-    barrier. No-op with one process."""
-    if not _distributed_initialized:
-        yield
-        return
-    try:
-        yield
-    except SystemExit as done:
-        if done.code in (0, None):
-            raise
-        if not isinstance(done.code, int):
-            print(done.code, file=sys.stderr)
-        _exit_now(done.code if isinstance(done.code, int) else 1)
-    except BaseException:  # any other failure: reported, then this process ends at once
-        traceback.print_exc()
-        _exit_now(1)
-
-
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over all (global) devices with the axis ``data``."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over ``data``; the other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def distributed_initialized() -> bool:
+    """`maybe_initialize_distributed` joined this process to a multi-process run."""
+    return _distributed_initialized
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
