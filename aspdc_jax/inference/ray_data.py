@@ -100,23 +100,25 @@ def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
     return buffer.getvalue()
 
 
-class _ExportedModule:
-    """A ``jax.export`` artifact (uint8 [b, h, w, 3] -> uint8) behind the module contract
-    `Deblurrer` runs: ``apply(variables, x)`` with x float in [-1, 1] -> output in [-1, 1].
+def _exported_deblurrer(exported: Any, **kwargs: Any) -> Any:
+    """A `Deblurrer` whose compiled function is a ``jax.export`` artifact (uint8 [b, h, w, 3]
+    -> uint8): the Deblurrer's buckets, padding, batching and tiling around the artifact's
+    own ``call``, run as exported (its weights, dtype and self-ensemble are baked in)."""
+    import jax  # noqa: PLC0415 (the driver needs no JAX)
 
-    The artifact quantises its output, so the Deblurrer's own rounding gives back exactly
-    the artifact's uint8 values (its weights, dtype and self-ensemble are baked in)."""
+    from aspdc_jax.inference import Deblurrer  # noqa: PLC0415 (the driver needs no JAX)
 
-    def __init__(self, exported: Any) -> None:
-        self.exported = exported
+    class ExportedDeblurrer(Deblurrer):
+        def __init__(self) -> None:
+            # The module is never traced: forward_padded below replaces the jitted forward.
+            super().__init__(lambda *a: None, {}, **kwargs)
+            self._call = jax.jit(exported.call)
 
-    def apply(self, variables: Any, x: Any) -> Any:
-        import jax.numpy as jnp  # noqa: PLC0415 (the driver needs no JAX)
+        def forward_padded(self, batch: Any) -> Any:
+            """uint8 (B, H, W, 3) -> float32 (B, H, W, 3) in [0, 255] (the artifact's uint8 values)."""
+            return np.asarray(self._call(batch)).astype(np.float32)
 
-        from aspdc_jax.images import to_model  # noqa: PLC0415 (the driver needs no JAX)
-
-        images_u8 = jnp.round((x.astype(jnp.float32) + 1.0) * 127.5).astype(jnp.uint8)
-        return to_model(self.exported.call(images_u8))
+    return ExportedDeblurrer()
 
 
 def load_deblurrer(weights: str | Path, **kwargs: Any) -> Any:
@@ -142,7 +144,7 @@ def load_deblurrer(weights: str | Path, **kwargs: Any) -> Any:
             "or a file written by python -m aspdc_jax.export"
         ) from err
     kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "self_ensemble")}
-    return inference.Deblurrer(_ExportedModule(exported), {}, **kwargs)
+    return _exported_deblurrer(exported, **kwargs)
 
 
 def _configure_jax_for_actor() -> None:
@@ -153,10 +155,11 @@ def _configure_jax_for_actor() -> None:
 
     try:
         import ray  # noqa: PLC0415 (optional dependency)
-
-        gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
-    except Exception:  # not inside a Ray worker (a direct call, a test)
+    except ModuleNotFoundError:
         return
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return  # not inside a Ray worker (a direct call, a test): JAX as configured
+    gpus = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     if gpus <= 0 and "JAX_PLATFORMS" not in os.environ:
         jax.config.update("jax_platforms", "cpu")
     elif 0 < gpus < 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ:
@@ -488,11 +491,12 @@ def _row_batches(ds: Any) -> Iterator[list[dict[str, Any]]]:
         yield [{k: batch[k][i] for k in columns} for i in range(len(batch["path"]))]
 
 
-def run_ray(args: argparse.Namespace, udf: type[DeblurBatch] = DeblurBatch) -> int:
+def run_ray(args: argparse.Namespace, udf: type[DeblurBatch] | None = None) -> int:
     """``python -m aspdc_jax.deblur ... --ray``: the CLI's run with Ray Data actors.
 
-    Returns 0 when every input was written (or was already done), 1 when some were
-    skipped (listed on stderr and in ``REPORT_NAME`` in the output folder).
+    ``udf``: the actor class (default `DeblurBatch`, looked up when called). Returns 0
+    when every input was written (or was already done), 1 when some were skipped (listed
+    on stderr and in ``REPORT_NAME`` in the output folder).
     """
     from tqdm import tqdm  # noqa: PLC0415 (kept with its use)
 
@@ -537,7 +541,7 @@ def run_ray(args: argparse.Namespace, udf: type[DeblurBatch] = DeblurBatch) -> i
             actors=actors,
             gpus_per_actor=args.gpus_per_actor,
             batch_size=args.batch_size,
-            udf=udf,
+            udf=udf or DeblurBatch,
             bucket=args.bucket,
             dtype=args.dtype,
             tile=args.tile or None,
