@@ -73,6 +73,7 @@ def test_timed_iterator_counts_the_wait_and_keeps_the_state():
     assert 0.015 <= data.take_waited() < 1.0 and data.take_waited() == 0.0
 
 
+@pytest.mark.slow  # CI time: a train step and the evaluation compile (the budget's logic: above)
 def test_max_train_seconds_ends_a_phase_like_its_schedule(tmp_path, capsys):
     """A phase stopped by its time budget saves a finished checkpoint, is evaluated and
     logs as at its end; metrics.jsonl has the input pipeline's wait share."""
@@ -80,6 +81,7 @@ def test_max_train_seconds_ends_a_phase_like_its_schedule(tmp_path, capsys):
     c.max_train_seconds = 1e-6  # ends at step 1
     c.eval_limit = 1
     c.log_every_steps = 4
+    c.image_every_steps = 0
     summary = train_and_evaluate(c, tmp_path, loader_factory=fake_loader_factory, eval_pairs_fn=fake_eval_pairs)
     out = capsys.readouterr().out
     assert "[deblur] max_train_seconds=1e-06 reached" in out and "the phase ends at step 1/6" in out
