@@ -41,7 +41,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -81,10 +81,12 @@ def test_smoke_versions_and_gpu_tests(smoke) -> None:
 def test_smoke_bench_covers_the_paper_steps_and_inference(smoke) -> None:
     out, _ = smoke
     bench = json.loads((out / "bench_gpu.json").read_text())
+    # The smoke run measures two of the four train variants, the deblur step only (a GPU
+    # run: all four, deblur and finetune).
+    for dtype, remat in (("float32", "plain"), ("bfloat16", "remat")):
+        r = bench[f"train_{dtype}_{remat}"]
+        assert r["deblur_step_s"] > 0 and r["remat"] == (remat == "remat") and r["dtype"] == dtype, r
     for dtype in ("float32", "bfloat16"):
-        for remat in ("plain", "remat"):
-            r = bench[f"train_{dtype}_{remat}"]
-            assert r["deblur_step_s"] > 0 and r["finetune_step_s"] > 0 and r["remat"] == (remat == "remat"), r
         f = bench[f"forward_{dtype}"]
         assert f["seconds_b1"] > 0 and f["seconds_b4"] > 0, f
     assert bench["demo"]["steps_per_s"] > 0 and bench["matmul"]["bf16_tflops"] > 0
