@@ -57,12 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.phases = "deblur"
     config.model.deblur_width = 16
     config.model.reblur_width = 8  # not trained here; kept small
-    config.model.num_groups = 6
     config.model.zero_init_offsets = True
     config.init_residual_scale = 0.1
 
     config.data.dataset = "synthetic"
-    config.data.crop_size = 256
     config.data.epoch_size = 1600  # 100 steps of 16
     config.data.num_workers = 14  # a 16-core host: all but the trainer's and XLA's
     config.data.synthetic_photo_scales = (1.0, 1.5, 2.0)
@@ -74,13 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 0.2
     config.loss = "charbonnier"
     config.ema_decay = 0.998
-    config.deblur.update(schedule="cosine", lr=5e-4, min_lr=1e-6, warmup_epochs=0.9)
+    config.deblur.update(schedule="cosine", lr=5e-4, warmup_epochs=0.9)
     config.deblur.num_epochs = 30.0
 
     config.max_train_seconds = 240.0
-    config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.image_every_steps = 0
-    config.eval_every_steps = 0
     config.eval_limit = 36  # every held-out pair: 4 photos x 3 bands x 3 crops
     return config
