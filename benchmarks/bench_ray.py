@@ -13,8 +13,9 @@ and, for Ray, starting a local Ray and its actors included):
 
 Each row gives the command's wall seconds and images/s, and for Ray the job's own seconds
 (from the dataset's start to the last row, as the run's report records it). Every Ray
-run's PNGs are checked against the local ones, byte for byte. The allocator is reported
-(every process here, actors included, sets up malloc the same way).
+run's PNGs are checked against the local ones, byte for byte. The allocators are reported:
+the deblur CLI's (it may re-execute itself with one preloaded, see aspdc_jax.allocator) and
+the one its local Ray's actors inherit from it.
 """
 
 from __future__ import annotations
@@ -82,6 +83,26 @@ def _timed(argv: list[str]) -> float:
     return seconds
 
 
+_PROBE = """
+from aspdc_jax.allocator import tune_malloc
+cli = tune_malloc(reexec=True)  # what python -m aspdc_jax.deblur does first
+import ray
+from aspdc_jax.inference.ray_data import connect
+connect(num_cpus=1)
+probe = ray.remote(num_cpus=1)(lambda: __import__("aspdc_jax.allocator").allocator.tune_malloc())
+print(cli)
+print(ray.get(probe.remote()))
+"""
+
+
+def _allocators() -> tuple[str, str]:
+    """The allocator the deblur CLI runs with, and the one its local Ray's workers get."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    cli, actor = proc.stdout.strip().splitlines()[-2:]
+    return cli, actor
+
+
 def _pngs(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
@@ -97,9 +118,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args()
 
-    from aspdc_jax.allocator import describe, tune_malloc
-
-    tune_malloc()
+    cli_allocator, actor_allocator = _allocators()
     h, w = (int(v) for v in args.size.lower().split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
@@ -134,13 +153,15 @@ def main() -> None:
         "size": f"{h}x{w}",
         "width": "checkpoint" if args.ckpt else args.width,
         "batch_size": args.batch_size,
-        "allocator": describe(),
+        "allocator_cli": cli_allocator,
+        "allocator_ray_actors": actor_allocator,
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }
     print(
-        f"{args.num} photos {h}x{w}, {result['width']} DeblurNet, allocator: {result['allocator']}, {os.cpu_count()} CPUs"
+        f"{args.num} photos {h}x{w}, {result['width']} DeblurNet, {os.cpu_count()} CPUs; allocator: "
+        f"{cli_allocator} (deblur CLI), {actor_allocator} (Ray actors)"
     )
     print(f"{'mode':<8} {'wall s':>8} {'img/s':>7} {'job s':>7} {'job img/s':>10}  bit-equal")
     for r in rows:
