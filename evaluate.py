@@ -35,6 +35,7 @@ from aspdc_jax.weights import CheckpointError
 
 FLAGS = flags.FLAGS
 cli.define_flags(evaluation.EvalConfig)  # one flag per field: name, default and help are stated there
+flags.adopt_module_key_flags(cli)  # they are defined in aspdc_jax.cli: --helpshort lists them as this script's
 flags.DEFINE_bool(
     "low_memory_schedule",
     True,
