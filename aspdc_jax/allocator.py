@@ -24,8 +24,8 @@ deblur CLI, the app, the benchmarks) picks, by ``ASPDC_MALLOC``:
 
 Measured on the 2-core reference machine (the quickstart deblur phase, 256 steps, whole
 processes with ``benchmarks/bench_allocators.py``, wall time relative to tcmalloc in the
-same round, median of 3 rounds; 2026-12-05): mimalloc 1.10 (and 1.12 in another set of 3),
-jemalloc as preloaded here 1.02 (2 rounds), glibc's defaults 1.29-1.34.
+same round, median of 3 rounds; 2026-12-05): mimalloc 1.07-1.12 in three sets of 3 (1.08
+over the 9 rounds), jemalloc as preloaded here 1.02 (2 rounds), glibc's defaults 1.29-1.34.
 ``docs/benchmarks.md`` has the tables.
 
 Preloading happens only where it can: for a script's own process (``reexec=True``), before
@@ -82,8 +82,9 @@ _MIMALLOC_WHEEL = ("cmeel-mimalloc", "cmeel.prefix/lib/libmimalloc.so.3", "cmeel
 #:
 #: * mimalloc: its defaults keep freed memory for a second (``purge_delay`` 1000 ms in
 #:   mimalloc 3); every shorter delay tried (0-250 ms) lowered peak RSS to tcmalloc's
-#:   but cost 1.19-1.27x the wall time, and never purging (-1) ran at 1.03x tcmalloc's
-#:   time but peaked at 1.87 GiB against 1.38. Transparent huge pages off: no slower,
+#:   but cost 1.19-1.27x the wall time; longer ones (2000, 3000, 5000 ms) and never
+#:   purging (-1) ran at 1.00-1.07x tcmalloc's time (the default: 1.07-1.10 in the same
+#:   sets) but peaked at 1.8-1.9 GiB against 1.4. Transparent huge pages off: no slower,
 #:   peak RSS 1.52-1.53 instead of 1.59-1.68 GiB (96 steps).
 #: * jemalloc: its default decay (dirty pages returned after 10 s) ran at 1.04x glibc's
 #:   defaults' time (slower than no allocator at all); never decaying ran at 1.02x
@@ -213,13 +214,19 @@ def heap_in_use() -> int | None:
     mmapped blocks, not the other threads' arenas); ``None`` where it cannot be read.
 
     jemalloc and mimalloc give ``None``, so the wait below returns at once. mimalloc's
-    release build counts allocations but not frees in its statistics (``malloc_huge``
-    only grows; ``committed`` stays up until a purge), so it cannot say when XLA has
-    handed a step's temporaries back. Measured without the wait (quickstart deblur
-    phase, 96 steps): mimalloc ran at 1.02-1.03x tcmalloc's time with peak RSS 1.52
-    against 1.14 GiB, and the difference is memory it keeps for reuse, not doubled
-    temporaries: with ``MIMALLOC_PURGE_DELAY=0`` (freed memory returned at once) its peak
-    was 1.12 GiB, tcmalloc's.
+    release build cannot say when XLA has handed a step's temporaries back: its
+    statistics count huge blocks when allocated but not when freed (``malloc_huge`` only
+    grows; ``committed`` stays up until a purge), and its page count takes other
+    threads' frees in late (a 3 GiB block freed on another thread was still counted).
+
+    What going without the wait costs under mimalloc (2-core reference machine,
+    2026-12-05): at the quickstart's size, nothing measurable (96 steps: 1.02-1.03x
+    tcmalloc's time; peak RSS 1.52 against 1.14 GiB is memory kept for reuse, not doubled
+    temporaries: with ``MIMALLOC_PURGE_DELAY=0`` the peak was tcmalloc's 1.12 GiB). At
+    full width (``bench_train``, 6x256x256, 6.1 GiB of temporaries) the steps took
+    1.24-1.29x tcmalloc's time at the same 7.9 GiB peak: each step takes fresh memory
+    while the last one's is still being freed, and pages it in. Install tcmalloc for
+    full-width training on a CPU.
     """
     process = ctypes.CDLL(None)
     if _preloaded() == "tcmalloc":
