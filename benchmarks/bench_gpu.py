@@ -83,7 +83,7 @@ SMOKE = {
     "branches": ("d1",),
     "train_phases": ("deblur",),
 }
-#: Tiny demo network and data for --smoke (the same overrides device_check.py trains with).
+#: Tiny demo network and data for --smoke (device_check.py's smoke training extends these).
 SMOKE_DEMO_OVERRIDES = (
     "model.deblur_width=4",
     "model.reblur_width=4",

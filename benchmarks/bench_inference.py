@@ -73,9 +73,6 @@ def count_flops(jaxpr) -> float:
 
 
 def _model(ckpt: str | None):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     if ckpt:
         from aspdc_jax.weights import load_for_inference
@@ -85,10 +82,22 @@ def _model(ckpt: str | None):
     from aspdc_jax.models import DeblurNet
 
     module = DeblurNet()
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    rng = np.random.default_rng(0)
+    return module, random_params(module)
 
-    def fill(path, leaf):  # the models' init: Xavier-normal kernels (5-D: stacked groups), zero biases
+
+def random_params(module, seed: int = 0):
+    """Parameters for ``module`` distributed as the models' init (Xavier-normal kernels,
+    5-D ones being stacked groups; zero biases), drawn with numpy: no XLA compilation of
+    the full-width init, which on a CPU takes longer than the benchmark. Speed does not
+    depend on the values."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
         if getattr(path[-1], "key", None) != "kernel":
             return np.zeros(leaf.shape, np.float32)
         shape = leaf.shape[1:] if len(leaf.shape) == 5 else leaf.shape
@@ -96,7 +105,7 @@ def _model(ckpt: str | None):
         std = np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1])))
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
-    return module, jax.tree_util.tree_map_with_path(fill, shapes)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def worker_matmul(args) -> dict:

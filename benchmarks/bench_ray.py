@@ -35,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _export(folder: Path, width: str) -> Path:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    from bench_inference import random_params
 
     from aspdc_jax.models import model_config_dict, model_defaults
     from aspdc_jax.weights import save_export
@@ -46,18 +44,7 @@ def _export(folder: Path, width: str) -> Path:
     if width == "tiny":
         config = config.replace(deblur_width=4, reblur_width=4, num_groups=1)
     deblur, _ = config.networks()
-    shapes = jax.eval_shape(deblur.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):  # the models' init: Xavier-normal kernels (5-D: stacked groups), zero biases
-        if getattr(path[-1], "key", None) != "kernel":
-            return np.zeros(leaf.shape, np.float32)
-        shape = leaf.shape[1:] if len(leaf.shape) == 5 else leaf.shape
-        receptive = int(np.prod(shape[:-2]))
-        std = np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1])))
-        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    params = jax.tree_util.tree_map_with_path(fill, shapes)
+    params = random_params(deblur)
     return save_export(folder, model_config=model_config_dict(deblur), deblur_params=params)
 
 

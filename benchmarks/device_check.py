@@ -66,6 +66,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE.parent))
 
+from bench_gpu import SMOKE_DEMO_OVERRIDES
+
 #: What OUT holds (the device tool brings back at most 8 files of at most 16 MiB).
 OUT_FILES = (
     "summary.json",
@@ -105,12 +107,7 @@ BAR = {"mild": 0.0, "gopro": 1.0, "strong": 1.0}
 UNSEEN_BANDS = {"mild": 3.0, "gopro": 9.0, "strong": 20.0}
 #: Tiny demo training for --smoke (the data, test and schedule sizes too).
 SMOKE_TRAIN_OVERRIDES = (
-    "model.deblur_width=4",
-    "model.reblur_width=4",
-    "model.num_groups=1",
-    "data.crop_size=32",
-    "batch_size=2",
-    "model.branches=('d1',)",
+    *SMOKE_DEMO_OVERRIDES,  # bench_gpu's tiny network and crops
     "data.num_workers=0",
     "data.epoch_size=8",
     "data.synthetic_test_crops_per_photo=1",
